@@ -1,0 +1,190 @@
+"""Measured client training footprint: FedMef against FedDST, PruneFL and FedAvg.
+
+For every model, input size and density, each method's client model is built exactly as
+``fedprune bench`` builds it (one base model per model and input size, so every method starts from
+the same weights) and one SGD step on a random batch is measured with
+`fedprune.memory.measure_method`: parameters in their cheapest sparse format plus the bytes
+autograd saves for backward (deduplicated by storage). That sum is the footprint this line of work
+reports; see docs/memory.md.
+
+Methods (default): ``fedavg`` (dense), ``prunefl`` and ``feddst`` (the sparse baselines, BatchNorm
+models as the papers train them), ``feddst+bitact`` (FedDST with 1-bit ReLU/ReLU6, the generic
+engineering any method can use), ``fedmef`` (the recipe: NSConv + SAP) and ``fedmef+bitact``.
+The table gives each method's footprint in MiB and the reduction of each FedMef variant against
+the best sparse baseline (the smallest footprint among ``--baselines``) and against
+``--engineered`` (a baseline with the same generic engineering), so what FedMef's own ideas save
+is separated from what 1-bit activations save. Dense methods are measured once per model and
+input. 64x64 inputs use 200 classes (TinyImageNet), 32x32 inputs 10 (CIFAR-10), unless
+``--num-classes`` is given.
+
+Run: ``python benchmarks/memory.py`` (all; tens of minutes on 2 CPU cores), or restrict, e.g.
+``python benchmarks/memory.py --models mobilenetv2 --sizes 32 --densities 0.1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from fedprune.engine.build import build_base_model
+from fedprune.engine.config import RunConfig
+from fedprune.memory import measure_method
+from fedprune.plugins import get_plugin_manager
+
+MiB = 2**20
+METHODS = "fedavg,prunefl,feddst,feddst+bitact,fedmef,fedmef+bitact"
+
+
+def _list(kind):
+    return lambda text: [kind(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=_list(str), default=["resnet18", "mobilenetv2"])
+    p.add_argument("--sizes", type=_list(int), default=[32, 64], help="input H = W (3 channels)")
+    p.add_argument("--densities", type=_list(float), default=[0.5, 0.2, 0.1])
+    p.add_argument("--methods", type=_list(str), default=METHODS.split(","))
+    p.add_argument("--baselines", type=_list(str), default=["prunefl", "feddst"],
+                   help="the sparse baselines; the best is the one of smallest footprint")
+    p.add_argument("--engineered", default="feddst+bitact",
+                   help="a baseline with the same generic engineering (empty: none)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="default: 200 for inputs of 64x64 and larger, else 10")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="component option for every method, e.g. -o sap.gamma=0.7")
+    p.add_argument("--json", dest="json_path", help="also write the raw measurements here")
+    return p.parse_args(argv)
+
+
+def parse_option(pair: str) -> tuple[str, object]:
+    key, _, raw = pair.partition("=")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
+
+
+def measure_all(args: argparse.Namespace) -> list[dict]:
+    pm = get_plugin_manager()
+    options = dict(parse_option(o) for o in args.option)
+    records = []
+    for model in args.models:
+        for size in args.sizes:
+            shape = (3, size, size)
+            classes = args.num_classes or (200 if size >= 64 else 10)
+            config = RunConfig(model=model, batch_size=args.batch_size, options=options)
+            base = build_base_model(pm.registry, config, classes, shape, args.seed)
+            dense_done: dict[str, dict] = {}
+            for density in args.densities:
+                for spec in args.methods:
+                    sparse = pm.registry.method(spec).sparse
+                    if not sparse and spec in dense_done:
+                        records.append({**dense_done[spec], "density": density})
+                        continue
+                    start = time.perf_counter()
+                    report = measure_method(
+                        pm, spec, config, shape, density=density, seed=args.seed,
+                        num_classes=classes, base_model=base,
+                    )
+                    record = {
+                        "model": model, "input": f"{size}x{size}", "density": density,
+                        "method": spec, "classes": classes, **report.as_dict(),
+                        "seconds": time.perf_counter() - start,
+                    }
+                    records.append(record)
+                    if not sparse:
+                        dense_done[spec] = record
+                    print(f"{model} {size}x{size} d={density} {spec}: "
+                          f"{record['total_bytes'] / MiB:.1f} MiB "
+                          f"({record['seconds']:.1f} s)", file=sys.stderr, flush=True)
+    return records
+
+
+def _reduction(value: float, reference: float) -> str:
+    return f"{1 - value / reference:.1%}" if reference else "-"
+
+
+def markdown(records: list[dict], args: argparse.Namespace) -> str:
+    methods = args.methods
+    subjects = [m for m in methods if m.split("+")[0] == "fedmef"]
+    baselines = [m for m in args.baselines if m in methods]
+    engineered = args.engineered if args.engineered in methods else None
+    head = ["model", "input", "density", *methods]
+    head += [f"{s} vs best of {'/'.join(baselines)}" for s in subjects] if baselines else []
+    head += [f"{s} vs {engineered}" for s in subjects if s != engineered] if engineered else []
+    lines = [
+        "Footprint (MiB) = parameters in the cheapest sparse format + saved activations; "
+        "reduction = 1 - footprint / reference.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|",
+    ]
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        groups.setdefault((r["model"], r["input"], r["density"]), {})[r["method"]] = r
+    for (model, size, density), by in groups.items():
+        total = {m: by[m]["total_bytes"] for m in methods if m in by}
+        row = [model, size, f"{density:g}"]
+        row += [f"{total[m] / MiB:.1f}" if m in total else "-" for m in methods]
+        if baselines:
+            best = min(total[b] for b in baselines if b in total)
+            row += [_reduction(total[s], best) for s in subjects]
+        if engineered:
+            row += [_reduction(total[s], total[engineered]) for s in subjects if s != engineered]
+        lines.append("| " + " | ".join(row) + " |")
+    # Activations are measured at every density; they do not depend on it (masks change
+    # parameter storage only), so one column per method suffices for the breakdown.
+    lines += [
+        "",
+        f"Breakdown, MiB: saved activations + parameters (at density {min(args.densities):g}):",
+        "",
+        "| model | input | " + " | ".join(methods) + " |",
+        "|---|---|" + "|".join(["---:"] * len(methods)) + "|",
+    ]
+    lowest = min(args.densities)
+    for (model, size, density), by in groups.items():
+        if density != lowest:
+            continue
+        cells = [
+            f"{by[m]['activation_bytes'] / MiB:.1f} + {by[m]['params_bytes'] / MiB:.2f}"
+            if m in by else "-"
+            for m in methods
+        ]
+        lines.append(f"| {model} | {size} | " + " | ".join(cells) + " |")
+    varying = {
+        (r["model"], r["input"], r["method"])
+        for r in records
+        for q in records
+        if (q["model"], q["input"], q["method"]) == (r["model"], r["input"], r["method"])
+        and q["activation_bytes"] != r["activation_bytes"]
+    }
+    if varying:
+        lines.append("")
+        lines.append("Note: saved activations differed across densities for: "
+                     + ", ".join(" ".join(v) for v in sorted(varying)))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    records = measure_all(args)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(records, f, indent=2)
+    print(markdown(records, args))
+    print(f"\n({len(records)} measurements, {time.perf_counter() - start:.0f} s, "
+          f"batch {args.batch_size}, {args.threads} threads, torch {torch.__version__})")
+
+
+if __name__ == "__main__":
+    main()

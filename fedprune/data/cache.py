@@ -1,0 +1,270 @@
+"""Decode once: every split is decoded a single time into a uint8 NCHW ``.npy`` file.
+
+Training then reads a read-only memory map of that file, so PNG/JPEG/pickle decoding never
+happens again, and every client (and every worker process) shares one copy of the images
+through the operating system's page cache.
+
+The cache lives in ``<data root>/.fedprune-cache/`` (or ``$FEDPRUNE_CACHE``). A split's files
+are named ``<dataset>-<split>-<key>.images.npy`` and ``.labels.npy``; the key hashes the
+relative paths, sizes and modification times of the source files, so editing, adding or removing
+a source file changes the key and the split is decoded again (the outdated files are removed).
+Files are written under temporary names and renamed into place, so an interrupted decode never
+leaves a cache that looks valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fedprune.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "FEDPRUNE_CACHE"
+CACHE_DIRNAME = ".fedprune-cache"
+#: Part of every key: bump it when decoding changes, so old caches are not reused.
+FORMAT_VERSION = 1
+
+Fill = Callable[[np.ndarray, np.ndarray], None]
+
+
+@dataclass
+class SplitSource:
+    """How to build one split: its source files, its size and a function that decodes it.
+
+    ``fill(images, labels)`` writes all images into ``images`` (an (N, C, H, W) uint8 memory map)
+    and the labels into ``labels`` (int64, length N). ``count`` is a function so that datasets
+    whose size is only known after reading (CIFAR-10's pickles) pay for it only when decoding.
+    """
+
+    split: str
+    files: Sequence[Path]
+    shape: tuple[int, int, int]
+    count: Callable[[], int]
+    fill: Fill
+
+
+def cache_dir(data_root: Path) -> Path:
+    """``$FEDPRUNE_CACHE`` if set, else ``<data_root>/.fedprune-cache``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path(data_root) / CACHE_DIRNAME
+
+
+def source_key(base: Path, files: Iterable[Path], salt: str = "") -> str:
+    """A hash of the files' paths relative to ``base``, sizes and modification times, in order.
+
+    Stat-only on purpose: hashing file contents would cost as much as decoding them. The order
+    counts, because it is the order of the images in the cache.
+    """
+    h = hashlib.sha256(f"fedprune-cache v{FORMAT_VERSION}\n{salt}\n".encode())
+    prefix = os.path.join(os.fspath(base), "")
+    for path in files:
+        name = os.fspath(path)
+        try:
+            st = os.stat(name)
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror}") from None
+        rel = name[len(prefix):] if name.startswith(prefix) else name  # str ops: 10x pathlib's
+        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+class DecodeCache:
+    """The decoded splits of one dataset in one cache directory."""
+
+    def __init__(self, directory: Path, dataset: str) -> None:
+        self.directory = Path(directory)
+        self.dataset = dataset
+
+    def key(self, base: Path, source: SplitSource) -> str:
+        return source_key(base, source.files, f"{self.dataset}/{source.split}/{source.shape}")
+
+    def paths(self, split: str, key: str) -> tuple[Path, Path]:
+        stem = self.directory / f"{self.dataset}-{split}-{key}"
+        return stem.with_name(stem.name + ".images.npy"), stem.with_name(stem.name + ".labels.npy")
+
+    def _others(self, split: str, key: str) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        keep = set(self.paths(split, key))
+        prefix = f"{self.dataset}-{split}-"
+        return [
+            p
+            for p in self.directory.iterdir()
+            if p.name.startswith(prefix) and p.name.endswith(".npy") and p not in keep
+        ]
+
+    def state(self, split: str, key: str) -> str:
+        """``fresh`` (built from the current source), ``stale`` (from an older one) or ``none``."""
+        if all(p.is_file() for p in self.paths(split, key)):
+            return "fresh"
+        return "stale" if self._others(split, key) else "none"
+
+    def nbytes(self, split: str, key: str) -> int:
+        return sum(p.stat().st_size for p in self.paths(split, key) if p.is_file())
+
+    def load(
+        self, split: str, key: str, shape: tuple[int, int, int]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached split as (read-only memory map, labels), or None if absent or unusable."""
+        images_path, labels_path = self.paths(split, key)
+        if not (images_path.is_file() and labels_path.is_file()):
+            return None
+        try:
+            images = np.load(images_path, mmap_mode="r")
+            labels = np.load(labels_path)
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable cache %s: %s", images_path, exc)
+            return None
+        if images.dtype != np.uint8 or images.shape[1:] != shape or len(labels) != len(images):
+            log.warning("ignoring cache %s: unexpected shape %s", images_path, images.shape)
+            return None
+        return images, labels
+
+    def get(self, base: Path, source: SplitSource) -> tuple[np.ndarray, np.ndarray]:
+        """The split from the cache, decoding it first if the cache is missing or outdated.
+
+        Processes that load the same split at once (parallel workers) decode it only once: the
+        first takes a lock file, the others wait for it and then read its cache.
+        """
+        key = self.key(base, source)
+        cached = self.load(source.split, key, source.shape)
+        if cached is not None:
+            return cached
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(
+                f"cannot create the decode cache {self.directory}: {exc.strerror}; "
+                f"set ${CACHE_ENV} to a writable directory"
+            ) from None
+        with _locked(self.directory / f"{self.dataset}-{source.split}.lock"):
+            cached = self.load(source.split, key, source.shape)
+            if cached is not None:
+                return cached
+            return self.build(source, key)
+
+    def build(self, source: SplitSource, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Decode ``source`` into the cache under ``key`` (the directory must exist)."""
+        self._remove_abandoned(source.split)
+        n = source.count()
+        images_path, labels_path = self.paths(source.split, key)
+        tag = f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        tmp_images = images_path.with_name(images_path.name + tag)
+        tmp_labels = labels_path.with_name(labels_path.name + tag)
+        log.info("decoding %d images of %s/%s into %s", n, self.dataset, source.split, images_path)
+        started = time.perf_counter()
+        try:
+            images = np.lib.format.open_memmap(
+                tmp_images, mode="w+", dtype=np.uint8, shape=(n, *source.shape)
+            )
+            labels = np.zeros(n, dtype=np.int64)
+            source.fill(images, labels)
+            images.flush()
+            del images
+            with open(tmp_labels, "wb") as f:
+                np.save(f, labels)
+                f.flush()
+                os.fsync(f.fileno())
+            with open(tmp_images, "rb+") as f:
+                os.fsync(f.fileno())
+            # Labels first: the images file appearing is what makes the pair visible.
+            os.replace(tmp_labels, labels_path)
+            os.replace(tmp_images, images_path)
+        except BaseException:
+            for tmp in (tmp_images, tmp_labels):
+                tmp.unlink(missing_ok=True)
+            raise
+        for old in self._others(source.split, key):
+            with contextlib.suppress(OSError):  # still mapped by another process on Windows
+                old.unlink()
+        elapsed = time.perf_counter() - started
+        log.info("decoded %s/%s in %.1f s", self.dataset, source.split, elapsed)
+        loaded = self.load(source.split, key, source.shape)
+        if loaded is None:  # pragma: no cover - only if the file system lost the files
+            raise DataError(f"the decode cache {images_path} could not be read back")
+        return loaded
+
+    def _remove_abandoned(self, split: str) -> None:
+        """Temporary files of decodes whose process died (killed mid-decode)."""
+        prefix = f"{self.dataset}-{split}-"
+        for path in self.directory.glob(prefix + "*.tmp"):
+            pid = path.name.rsplit(".", 2)[-2].split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX); elsewhere no lock, which only costs a
+    duplicate decode, never a corrupt cache, since every write is a rename."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but not ours, or the platform cannot tell: leave it alone
+    return True
+
+
+def list_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files in ``directory`` whose suffix (any case) is in ``suffixes``, sorted by name."""
+    with os.scandir(directory) as entries:
+        names = sorted(e.name for e in entries if e.name.lower().endswith(suffixes))
+    return [directory / name for name in names]
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image file as a (3, size, size) uint8 array; grey-scale and palette images become RGB.
+
+    A file that cannot be decoded or has the wrong size raises `DataError` naming it.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.size != (size, size):
+                raise DataError(
+                    f"{path}: expected a {size}x{size} image, got {im.size[0]}x{im.size[1]}"
+                )
+            rgb = im.convert("RGB")
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def decode_images(paths: Sequence[Path], out: np.ndarray, size: int) -> None:
+    """Decode ``paths`` into ``out[i]`` in order.
+
+    One thread: decoding happens once per dataset, and on small images Python's per-image
+    overhead, not the codec, dominates, so threads did not make it faster (docs/datasets.md).
+    """
+    for i, path in enumerate(paths):
+        out[i] = decode_image(path, size)

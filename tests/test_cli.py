@@ -1,0 +1,122 @@
+"""The command line end to end: bench, results.json, failures, bad input, plugins."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+from click.testing import CliRunner
+
+import fedprune
+from fedprune.cli import main, parse_options
+
+
+def bench(args, **kw):
+    return CliRunner().invoke(main, ["bench", *args], **kw)
+
+
+def test_bench_writes_results_json(tmp_path, tiny_args):
+    out = tmp_path / "out"
+    result = bench(["--methods", "fedavg,feddst", "--output", str(out), "--no-tracking",
+                    *tiny_args])
+    assert result.exit_code == 0, result.output
+    assert "fedprune bench" in result.output and "fedavg" in result.output
+    records = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in records] == ["fedavg", "feddst"]
+    for r in records:
+        for key in ("method", "seed", "final_accuracy", "best_accuracy", "density", "rounds",
+                    "upload_bytes", "download_bytes", "wall_seconds", "history"):
+            assert key in r, key
+        assert r["status"] == "ok" and r["rounds"] == 2
+        assert [h["round"] for h in r["history"]] == [1, 2]
+        assert set(r["history"][0]) == {"round", "accuracy", "loss"}
+    assert records[0]["density"] == pytest.approx(1.0)
+    assert records[1]["density"] == pytest.approx(0.2, abs=0.01)
+    assert records[1]["upload_bytes"] < records[0]["upload_bytes"]
+
+
+def test_seeds_produce_one_record_each(tmp_path, tiny_args):
+    out = tmp_path / "out"
+    result = bench(["--seeds", "0,1", "--output", str(out), "--no-tracking", *tiny_args])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in records] == [("fedavg", 0), ("fedavg", 1)]
+
+
+class Exploding:
+    def scores(self, weight, grad):
+        raise RuntimeError("criterion exploded")
+
+
+explode = types.ModuleType("explode")
+explode.fedprune_pruning_criteria = fedprune.hookimpl(
+    lambda: [fedprune.Component("exploding", Exploding, "raises")])
+explode.fedprune_methods = fedprune.hookimpl(lambda: [fedprune.Method(
+    "boom", "fails in round 1", adjust="server", pruning_criterion="exploding",
+    growth_criterion="gradient", schedule="cosine")])
+
+
+def test_one_failing_method_does_not_cost_the_others(tmp_path, tiny_args, monkeypatch):
+    from fedprune import plugins
+
+    real = plugins.get_plugin_manager
+
+    def with_explode(autoload=None):
+        pm = real(autoload)
+        pm.register(explode, name="explode")
+        return pm
+
+    monkeypatch.setattr(plugins, "get_plugin_manager", with_explode)
+    out = tmp_path / "out"
+    result = bench(["--methods", "boom,fedavg", "--output", str(out), "--no-tracking",
+                    *tiny_args])
+    assert result.exit_code == 1
+    assert "boom (seed 0) failed: RuntimeError: criterion exploded" in result.output
+    records = json.loads((out / "results.json").read_text())
+    assert records[0]["status"] == "failed" and "criterion exploded" in records[0]["error"]
+    assert records[1]["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "fedavgx"], "unknown method 'fedavgx'"),
+        (["--density", "0"], "0<x<=1"),
+        (["--density", "1.5"], "0<x<=1"),
+        (["--clients", "3", "--clients-per-round", "5"], "cannot exceed clients"),
+        (["--methods", "feddst+nothing"], "unknown mixable component 'nothing'"),
+        (["-o", "nonsense"], "is not key=value"),
+        (["-o", "nocomp.x=1"], "names no registered component"),
+        (["-o", "cosine.speed=1"], "has no option speed"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--seeds", "a,b"], "comma-separated list of integers"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(tmp_path, args, message):
+    result = bench([*args, "--output", str(tmp_path), "--no-tracking", "--rounds", "1"])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_plugins_json_lists_fedavg():
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    infos = json.loads(result.stdout)
+    by_name = {i["name"]: i for i in infos}
+    assert by_name["fedavg"]["registers"] == {"method": ["fedavg"]}
+    for info in infos:
+        assert set(info) >= {"name", "distribution", "version", "registers"}
+
+
+def test_plugins_table_shows_slots():
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 0
+    assert "growth_criterion: gradient" in result.output and "mixable kinds" in result.output
+
+
+def test_parse_options_reads_json_values():
+    assert parse_options(["a.b=5", "c.d=0.5", "e.f=true", "g.h=erk"]) == {
+        "a.b": 5, "c.d": 0.5, "e.f": True, "g.h": "erk"}

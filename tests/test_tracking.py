@@ -1,0 +1,129 @@
+"""MLflow tracking against a real SQLite store and a real `mlflow server` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fedprune.cli import main
+from fedprune.tracking import TrackingWarning
+
+
+def runs_of(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("fedprune")
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])
+
+
+def check_runs(uri: str, methods: list[str], rounds: int) -> None:
+    client, runs = runs_of(uri)
+    parents = [r for r in runs if r.data.tags.get("fedprune.kind") == "bench"]
+    children = [r for r in runs if r.data.tags.get("fedprune.kind") == "run"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["methods"] == ",".join(methods)
+    assert sorted(c.data.tags["fedprune.method"] for c in children) == sorted(methods)
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params["rounds"] == str(rounds)
+        assert child.data.tags["fedprune.status"] == "ok"
+        history = client.get_metric_history(child.info.run_id, "accuracy")
+        assert sorted(m.step for m in history) == list(range(1, rounds + 1))
+        assert "final_accuracy" in child.data.metrics
+        artifact = client.download_artifacts(child.info.run_id, "results.json")
+        assert json.loads(Path(artifact).read_text())[0]["method"] == child.data.tags[
+            "fedprune.method"]
+    artifact = client.download_artifacts(parent.info.run_id, "results.json")
+    assert len(json.loads(Path(artifact).read_text())) == len(methods)
+
+
+def test_default_store_is_sqlite_in_the_output_directory(tmp_path, tiny_args, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--methods", "fedavg,feddst", "--output",
+                                       str(out), *tiny_args])
+    assert result.exit_code == 0, result.output
+    assert (out / "mlflow.db").exists()
+    assert not (tmp_path / "mlruns").exists()  # artifacts stay inside the output directory
+    check_runs(f"sqlite:///{out / 'mlflow.db'}", ["fedavg", "feddst"], 2)
+
+
+def test_environment_variable_overrides_the_default(tmp_path, tiny_args, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--output", str(out), *tiny_args])
+    assert result.exit_code == 0, result.output
+    assert not (out / "mlflow.db").exists()
+    check_runs(uri, ["fedavg"], 2)
+
+
+def test_unreachable_tracking_server_costs_no_results(tmp_path, tiny_args):
+    out = tmp_path / "out"
+    port = _free_port()
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    with pytest.warns(TrackingWarning, match="MLflow tracking at .* failed"):
+        result = CliRunner().invoke(
+            main, ["bench", "--output", str(out), "--tracking-uri", f"http://127.0.0.1:{port}",
+                   *tiny_args], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())[0]["status"] == "ok"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    store = tmp_path / "server.db"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
+           "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ALLOWED_HOSTS": "*"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start: " + proc.stderr.read().decode())
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_bench_logs_to_a_real_mlflow_server(mlflow_server, tmp_path, tiny_args):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--methods", "fedavg,prunefl", "--output",
+                                       str(out), "--tracking-uri", mlflow_server, *tiny_args])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    check_runs(mlflow_server, ["fedavg", "prunefl"], 2)
