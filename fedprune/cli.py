@@ -20,7 +20,8 @@ from fedprune.cli_data import data
 from fedprune.errors import FedpruneError
 
 console = Console(stderr=True)
-out = Console()
+# Tables are the product: when stdout is a file or a pipe, do not squeeze them into 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _format_warning(message, category, filename, lineno, line=None):

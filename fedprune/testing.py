@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -298,14 +298,28 @@ def check_method(spec: str, federation: TinyFederation) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- contract helpers
 
 
-def _settings(max_examples: int) -> Callable:
+def _settings(max_examples: int, shrink: bool = True) -> Callable:
+    """Reproducible examples; no shrinking where one example trains a model (too slow)."""
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
     return settings(
         max_examples=max_examples,
         deadline=None,
         derandomize=True,
         database=None,
+        phases=phases,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one CPU thread: faster for tiny models, and fair on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _label(component: Any) -> str:
@@ -389,7 +403,7 @@ def _tensor(draw, shape: tuple[int, ...], seed_name: str) -> torch.Tensor:
 
 
 def check_pruning_criterion(
-    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 30
+    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 25
 ) -> None:
     """``scores(weight, grad)``: the weight's shape, finite, inputs untouched, for a client's
     gradient and for the server's ``grad=None``; `fedprune.masks.prune_and_grow` and
@@ -419,11 +433,12 @@ def check_pruning_criterion(
         kept = M.keep_top(scores, mask, active)
         assert kept.dtype == torch.bool and int(kept.sum()) == active, f"{label}: keep_top count"
 
-    run()
+    with one_thread():
+        run()
 
 
 def check_growth_criterion(
-    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 15
+    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 8
 ) -> None:
     """Driven like local training: ``begin(params)``, ``after_backward(params)`` after each step
     (when defined), then ``scores(weights, grads)`` with the engine's growth gradients: one
@@ -431,7 +446,7 @@ def check_growth_criterion(
     positions and keeps each layer's count."""
     label = _label(component)
 
-    @_settings(max_examples)
+    @_settings(max_examples, shrink=False)
     @given(
         seed=st.integers(0, 2**16),
         width=st.integers(2, 4),
@@ -472,7 +487,8 @@ def check_growth_criterion(
             _assert_scores(label, scores[name], weights[name], f"scores()[{name!r}]")
             _assert_prune_and_grow(label, mask, weights[name].abs(), scores[name], counts[name])
 
-    run()
+    with one_thread():
+        run()
 
 
 # ---------------------------------------------------------------------------------- model parts
@@ -483,14 +499,14 @@ def _named(model: nn.Module) -> list[tuple[str, int]]:
 
 
 def check_activation_compressor(
-    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 10
+    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 6
 ) -> None:
     """Applied to a tiny conv model: parameters keep their identity and names, the forward output
     is unchanged (training and evaluation), and the gradient w.r.t. the input equals the
     uncompressed model's (a compressor may approximate weight gradients, never input ones)."""
     label = _label(component)
 
-    @_settings(max_examples)
+    @_settings(max_examples, shrink=False)
     @given(
         seed=st.integers(0, 2**16),
         width=st.integers(2, 4),
@@ -524,18 +540,19 @@ def check_activation_compressor(
             torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5,
                                        msg=lambda m: f"{label}: evaluation output changed: {m}")
 
-    run()
+    with one_thread():
+        run()
 
 
 def check_model_transform(
-    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 10
+    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 6
 ) -> None:
     """Applied to a tiny conv model: every prunable weight keeps its name and its `Parameter`
     object (so all methods start from the same weights), and the model trains with masks bound
     to modules that declare ``weight_mask``."""
     label = _label(component)
 
-    @_settings(max_examples)
+    @_settings(max_examples, shrink=False)
     @given(seed=st.integers(0, 2**16), width=st.integers(2, 4),
            density=st.sampled_from([0.2, 0.5, 1.0]))
     def run(seed, width, density) -> None:
@@ -558,11 +575,12 @@ def check_model_transform(
             assert weight.grad is not None, f"{label}: no gradient for {name}"
             assert bool(torch.isfinite(weight.grad).all()), f"{label}: {name} grad not finite"
 
-    run()
+    with one_thread():
+        run()
 
 
 def check_regularizer(
-    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 10
+    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 8
 ) -> None:
     """In training and adjustment rounds alike: ``begin(ctx)`` (when defined), then per step a
     ``penalty(model)`` that is None or a finite scalar tensor differentiable w.r.t. the
@@ -573,7 +591,7 @@ def check_regularizer(
         def scores(self, weight, grad):
             return weight.abs()
 
-    @_settings(max_examples)
+    @_settings(max_examples, shrink=False)
     @given(
         seed=st.integers(0, 2**16),
         density=st.sampled_from([0.2, 0.5, 1.0]),
@@ -610,7 +628,8 @@ def check_regularizer(
             optimizer.step()
             M.apply_masks(params, masks)
 
-    run()
+    with one_thread():
+        run()
 
 
 def _assert_penalty(label: str, penalty: Any, params: dict[str, nn.Parameter]) -> None:
@@ -651,11 +670,12 @@ def check_schedule(
             assert 0.0 <= f <= 1.0, f"{label}: fraction({r}, {total}) = {f}, outside [0, 1]"
             assert schedule.fraction(r, total) == f, f"{label}: fraction() is not repeatable"
 
-    run()
+    with one_thread():
+        run()
 
 
 def check_mask_policy(
-    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 5
+    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 3
 ) -> None:
     """``initial(...)`` (when defined, on the digits data) and ``update(...)`` return boolean
     masks for exactly the given layers, shaped like them."""
@@ -673,7 +693,7 @@ def check_mask_policy(
                 f"{label}: {what} mask {name!r} is not a bool tensor of the layer's shape"
             )
 
-    @_settings(max_examples)
+    @_settings(max_examples, shrink=False)
     @given(seed=st.integers(0, 2**16), density=st.sampled_from([0.2, 0.5]),
            fraction=st.sampled_from([0.1, 0.3]), round_=st.integers(1, 20))
     def run(seed, density, fraction, round_) -> None:
@@ -687,10 +707,11 @@ def check_mask_policy(
         params = dict(model.named_parameters())
         M.apply_masks(params, masks)
         if hasattr(policy, "initial"):
+            before = masks
             rng = np.random.default_rng(seed)
             clients = np.array_split(rng.permutation(len(data.train)), 4)
             masks = policy.initial(model, masks, data.train, clients, config, _seeded(seed))
-            assert_masks(masks, params, "initial()")
+            assert_masks(masks, before, "initial()")
             M.apply_masks(params, masks)
         weights = {n: params[n].detach() for n in masks}
         scores = {n: torch.randn(w.shape, generator=_seeded(seed)) for n, w in weights.items()}
@@ -698,14 +719,15 @@ def check_mask_policy(
         new = policy.update(masks, weights, scores, counts, round_, 20)
         assert_masks(new, weights, "update()")
 
-    run()
+    with one_thread():
+        run()
 
 
 # ------------------------------------------------------------------------- models and partitions
 
 
 def check_model(
-    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 4
+    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 3
 ) -> None:
     """``factory(num_classes, input_shape)`` gives logits ``(batch, num_classes)`` with
     gradients, and the same weights for the same torch seed (methods share initial weights)."""
@@ -718,25 +740,26 @@ def check_model(
                 return component.build(num_classes=classes, input_shape=shape, **(options or {}))
             return component(num_classes=classes, input_shape=shape, **(options or {}))
 
-    @_settings(max_examples)
+    @_settings(max_examples, shrink=False)
     @given(seed=st.integers(0, 2**16), classes=st.integers(2, 10),
            channels=st.sampled_from([1, 3]), size=st.sampled_from([8, 16]))
     def run(seed, classes, channels, size) -> None:
         model = build(classes, (channels, size, size), seed)
-        twin = build(classes, (channels, size, size), seed)
-        for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items(),
-                                     strict=True):
-            assert torch.equal(a, b), f"{label}: {name} differs between two builds, same seed"
         out = model(torch.randn(2, channels, size, size, generator=_seeded(seed)))
         assert out.shape == (2, classes), f"{label}: output shape {tuple(out.shape)}"
         out.sum().backward()
         assert M.prunable_parameters(model), f"{label}: no conv or linear layer to prune"
 
-    run()
+    with one_thread():
+        one, two = build(10, (3, 8, 8), 0), build(10, (3, 8, 8), 0)
+        for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items(),
+                                     strict=True):
+            assert torch.equal(a, b), f"{label}: {name} differs between two builds, same seed"
+        run()
 
 
 def check_partitioner(
-    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 20
+    component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 15
 ) -> None:
     """``split(labels, num_clients, generator)``: one index array per client, every sample in
     exactly one client, and the same split for the same generator seed."""
@@ -759,7 +782,8 @@ def check_partitioner(
             f"{label}: the split is not determined by the generator"
         )
 
-    run()
+    with one_thread():
+        run()
 
 
 #: Kind -> contract check; kinds without one (datasets) are tested by their own plugins.

@@ -1,0 +1,247 @@
+"""FedMef: the BaE regularizer, the recipe, and its adjustment rounds in the engine."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from fedprune_plugins.fedmef import BaE
+from fedprune_plugins.sparse import Magnitude
+from torch import nn
+
+from fedprune import masks as M
+from fedprune.engine.build import (
+    bind_masks,
+    build_base_model,
+    build_parts,
+    initial_masks,
+    method_model,
+)
+from fedprune.engine.client import LocalTrainer, growth_gradients
+from fedprune.engine.config import RunConfig
+from fedprune.engine.events import ClientContext
+from fedprune.engine.simulation import Simulation
+from fedprune.errors import FedpruneError
+from fedprune.seeding import torch_generator
+
+TINY = {"cnn.width": 4}
+
+
+def toy_context(counts, criterion=None, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    params = dict(model.named_parameters())
+    masks = {"0.weight": torch.rand(8, 2, 3, 3) < 0.5}
+    M.apply_masks(params, masks)
+    return ClientContext(model, params, masks, 1, 0, counts, 10, criterion or Magnitude())
+
+
+def fedmef_setup(pm, digits, density=0.2, seed=0, **config):
+    options = {**TINY, **config.pop("options", {})}
+    config = RunConfig(model="cnn", density=density, options=options, **config)
+    parts = build_parts(pm.registry, pm.registry.method("fedmef"), config)
+    base = build_base_model(pm.registry, config, digits.num_classes, digits.input_shape, seed)
+    model = method_model(base, parts)
+    masks = initial_masks(model, parts, density, seed)
+    M.apply_masks(dict(model.named_parameters()), masks)
+    return config, parts, model, masks
+
+
+# ------------------------------------------------------------------------------------- recipe
+
+
+def test_recipe_and_regularizer_are_registered(pm):
+    method = pm.registry.method("fedmef")
+    assert method.adjust == "server" and method.regularizer == "bae"
+    assert method.model_transforms == ("nsconv",) and method.activation_compressors == ("sap",)
+    assert (method.pruning_criterion, method.growth_criterion) == ("magnitude", "gradient")
+    assert method.options["gradient.upload_topk"] is True
+    parts = build_parts(pm.registry, method, RunConfig())
+    assert parts.growth.upload_topk and isinstance(parts.regularizer, BaE)
+    assert (parts.schedule.alpha, parts.schedule.interval) == (0.4, 10)
+    assert parts.schedule.stop_round(500) == 300
+    assert parts.compressors[0].gamma == method.options["sap.gamma"]
+    assert (parts.settings.distribution, parts.settings.init) == ("erk", "random")
+    assert pm.registry.get("bae", "regularizer").options() == {"lam": 0.01, "eta0": None}
+
+
+@pytest.mark.parametrize("options", [{"lam": -1}, {"eta0": 0}])
+def test_bad_options_are_refused(options):
+    with pytest.raises(FedpruneError, match="bae"):
+        BaE(**options)
+
+
+# ---------------------------------------------------------------------------------------- BaE
+
+
+def test_theta_low_is_exactly_the_k_smallest_active_weights():
+    ctx = toy_context({"0.weight": 7})
+    bae = BaE()
+    bae.begin(ctx)
+    marked = bae.marked()["0.weight"]
+    mask, w = ctx.masks["0.weight"], ctx.params["0.weight"].detach().abs()
+    assert int(marked.sum()) == 7 and not (marked & ~mask).any()
+    expected = torch.sort(w[mask]).values[:7]
+    assert torch.equal(torch.sort(w[marked]).values, expected)
+
+
+def test_theta_low_follows_the_methods_pruning_criterion():
+    class Largest:
+        def scores(self, weight, grad):
+            assert grad is None  # fixed for the round: no gradient at begin
+            return -weight.abs()
+
+    ctx = toy_context({"0.weight": 5}, Largest())
+    bae = BaE()
+    bae.begin(ctx)
+    marked = bae.marked()["0.weight"]
+    mask, w = ctx.masks["0.weight"], ctx.params["0.weight"].detach().abs()
+    assert torch.equal(torch.sort(w[marked]).values, torch.sort(w[mask]).values[-5:])
+
+
+def test_penalty_is_lambda_times_squared_norm_and_fixed_for_the_round():
+    ctx = toy_context({"0.weight": 6})
+    bae = BaE(lam=0.3)
+    bae.begin(ctx)
+    marked = bae.marked()["0.weight"]
+    w = ctx.params["0.weight"]
+    penalty = bae.penalty(ctx.model)
+    assert torch.allclose(penalty, 0.3 * w.detach()[marked].square().sum())
+    penalty.backward()  # the gradient reaches exactly the marked weights
+    assert torch.allclose(w.grad, 0.6 * w.detach() * marked)
+    with torch.no_grad():
+        w.mul_(0.5)  # the marked set stays the same while the weights change
+    assert torch.equal(bae.marked()["0.weight"], marked)
+    assert math.isclose(bae.norm(), float(w.detach()[marked].norm()), rel_tol=1e-6)
+
+
+def test_no_penalty_and_the_runs_lr_outside_adjustment_rounds():
+    bae = BaE(lam=1.0, eta0=100.0)
+    bae.begin(toy_context({}))
+    assert bae.marked() == {} and bae.penalty(None) is None
+    assert bae.learning_rate(0, 10, 0.05) == 0.05
+
+
+def test_learning_rate_follows_the_rex_budget():
+    ctx = toy_context({"0.weight": 6})
+    bae = BaE(eta0=1.0)
+    bae.begin(ctx)
+    s = 2 / (1 + math.exp(-bae.norm())) - 1  # 2 * sigmoid(||theta_low||) - 1
+    budget, base = 10, 0.01
+    assert math.isclose(bae.learning_rate(0, budget, base), s)  # p(0) = 1
+    assert bae.learning_rate(budget, budget, base) == base  # p(T) = 0: eta wins
+    for t in range(budget):
+        p = (2 * budget - 2 * t) / (2 * budget - t)
+        assert math.isclose(bae.learning_rate(t, budget, base), max(base, p * s))
+    rates = [bae.learning_rate(t, budget, base) for t in range(budget + 1)]
+    assert rates == sorted(rates, reverse=True)
+    # eta_0 = the run's own lr: beta_t < eta_0 always, so the max keeps the run's lr.
+    default = BaE()
+    default.begin(ctx)
+    assert all(default.learning_rate(t, budget, 0.05) == 0.05 for t in range(budget))
+
+
+def local_round(pm, digits, lam, steps=10):
+    config, parts, model, masks = fedmef_setup(
+        pm, digits, local_steps=steps, lr=0.05, options={"bae.lam": lam}
+    )
+    trainer = LocalTrainer(model, parts, config)
+    counts = M.adjustment_counts(masks, 0.3)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    indices = np.arange(200)
+    update = trainer.train(0, digits.train, indices, state, masks, counts, 1,
+                           torch_generator(0, "test-batches"))
+    marked = parts.regularizer.marked()
+    norm = math.sqrt(sum(float(update.state[n][m].square().sum()) for n, m in marked.items()))
+    start = math.sqrt(sum(float(state[n][m].square().sum()) for n, m in marked.items()))
+    return norm, start, update, counts, masks
+
+
+def test_bae_drives_the_marked_weights_to_zero_faster_than_plain_training(pm, digits):
+    with_bae, start, update, counts, masks = local_round(pm, digits, lam=1.0)
+    plain, start_plain, *_ = local_round(pm, digits, lam=0.0)
+    assert start == start_plain  # same weights, same marked set, same batches
+    assert with_bae < 0.5 * plain and with_bae < 0.5 * start
+    # FedMef clients upload only the top-k_l gradients among inactive positions.
+    for name, score in update.scores.items():
+        k = min(counts[name], int((~masks[name]).sum()))
+        assert update.score_nnz[name] == k
+        assert int(score.count_nonzero()) <= k and not score[masks[name]].any()
+
+
+# ------------------------------------------------------------------------------------ growth
+
+
+def test_growth_gradient_through_nsconv_is_not_degenerate(pm, digits):
+    _, parts, model, masks = fedmef_setup(pm, digits, density=0.3)
+    bind_masks(model, masks)
+    prunable = M.prunable_parameters(model)
+    x, y = digits.train.batch(np.arange(32))
+    grads = growth_gradients(model, prunable, x, y)
+    F.cross_entropy(model(x), y).backward()  # the raw-parameter gradient, for contrast
+    checked = 0
+    for name, module in prunable.items():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        mask, raw = masks[name], module.weight.grad
+        for channel in range(mask.shape[0]):
+            pruned = ~mask[channel]
+            effective = grads[name][channel][pruned]
+            if int(pruned.sum()) < 3 or not effective.any():  # dense, or a dead ReLU channel
+                continue
+            assert effective.unique().numel() > 1
+            # Through the standardisation every pruned position of the channel gets one value.
+            same = raw[channel][pruned]
+            assert torch.allclose(same, same[0].expand_as(same), rtol=1e-4, atol=1e-7)
+            checked += 1
+    assert checked >= 10
+
+
+# ------------------------------------------------------------------------------- adjustments
+
+
+def test_density_after_every_adjustment_equals_the_target(pm, digits):
+    config, parts, model, masks = fedmef_setup(
+        pm, digits, rounds=4, clients=4, clients_per_round=2, local_steps=2, batch_size=16,
+        options={"cosine.interval": 1},
+    )
+    targets = {n: int(m.sum()) for n, m in masks.items()}
+    clients = [np.arange(i, len(digits.train), 4) for i in range(4)]
+    sim = Simulation(parts, config, digits, clients, model, masks, seed=0)
+    changed = 0
+    for round_ in range(1, config.rounds + 1):
+        before = {n: m.clone() for n, m in sim.masks.items()}
+        fraction = parts.schedule.fraction(round_, config.rounds)
+        counts = M.adjustment_counts(before, fraction)
+        sim.round(round_, [0, 1])
+        assert {n: int(m.sum()) for n, m in sim.masks.items()} == targets
+        assert M.density(sim.masks) == M.density(masks)
+        for name, mask in sim.masks.items():
+            assert not sim.global_state[name][~mask].any()  # pruned weights are exactly 0
+            moved = int((mask & ~before[name]).sum())
+            assert moved == min(counts.get(name, 0), int((~before[name]).sum()))
+            changed += moved
+    assert changed > 0
+
+
+def test_fedmef_bench_end_to_end(tmp_path):
+    from fedprune.cli import main
+
+    out = tmp_path / "out"
+    args = [
+        "bench", "--methods", "fedmef", "--no-tracking", "--rounds", "2", "--clients", "4",
+        "--clients-per-round", "2", "--local-steps", "2", "-o", "cnn.width=4",
+        "-o", "cosine.interval=1", "--output", str(out), "--threads", "1",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads((out / "results.json").read_text())
+    assert record["status"] == "ok", record.get("error")
+    assert record["components"]["regularizer"] == "bae"
+    assert record["components"]["activation_compressors"] == ["sap"]
+    assert 0 < record["density"] <= 0.2 + 1e-9
