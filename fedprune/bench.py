@@ -2,7 +2,7 @@
 
 Per seed the dataset split over clients and the base model are made once and shared by every
 method. Before training, each method's client memory is measured on one training step of its
-model (`fedprune.memory.measure_method`). Each (method, seed) run is isolated: a failure is recorded (``"status": "failed"`` with
+model (`Simulation.measure_memory`). Each (method, seed) run is isolated: a failure is recorded (``"status": "failed"`` with
 the error) and the next run goes on; results.json is rewritten after every run, so nothing
 finished is lost if the process dies.
 """
@@ -25,13 +25,15 @@ from fedprune.engine.config import RunConfig
 from fedprune.engine.events import BenchInfo, RunInfo
 from fedprune.engine.simulation import Simulation
 from fedprune.errors import FedpruneError
-from fedprune.memory import measure_method
 from fedprune.plugins import PluginManager
 from fedprune.registry import Method
 from fedprune.seeding import numpy_generator
 
 RESULTS_FILE = "results.json"
-DENSITY_BASIS = "non-zero fraction of the prunable weights (conv and linear weights) of the final global model"
+DENSITY_BASIS = (
+    "non-zero fraction of the prunable weights of the final global model: conv and linear "
+    "weights, the classifier only with prune_classifier"
+)
 
 
 def resolve_methods(pm: PluginManager, specs: list[str], config: RunConfig) -> list[Method]:
@@ -105,13 +107,10 @@ def _run_one(pm, method, config, data, clients, base, seed) -> dict[str, Any]:
     pm.hook.fedprune_run_start(run=run)
     try:
         parts = build_parts(pm.registry, method, config)
-        record["memory"] = measure_method(
-            pm.registry, method, config, data.input_shape, seed=seed,
-            num_classes=data.num_classes, base_model=base,
-        ).as_dict()
         model = method_model(base, parts)
         masks = initial_masks(model, parts, config.density, seed)
         sim = Simulation(parts, config, data, clients, model, masks, seed, pm.hook, run)
+        record["memory"] = sim.measure_memory()
         record.update(sim.run())
         record["density_basis"] = DENSITY_BASIS
     except Exception as exc:  # one method's failure must not cost the others their results

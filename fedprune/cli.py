@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedprune.cli_data import data
+from fedprune.cli_memory import memory
 from fedprune.errors import FedpruneError
 
 console = Console(stderr=True)
@@ -255,3 +256,4 @@ def plugins(as_json: bool) -> None:
 
 
 main.add_command(data)
+main.add_command(memory)

@@ -69,7 +69,8 @@ def fedprune_growth_criteria():
     mini-batch with respect to each layer's effective weight. Optional methods:
     ``begin(params)`` before local training and ``after_backward(params)`` after every local
     step (dense gradients available, before masking), for criteria that accumulate.
-    ``upload_topk`` (bool attribute, default False): in server-side adjustment, clients upload only
+    ``uses_gradient`` (bool attribute, default True): False spares the engine the extra
+    mini-batch gradient in server-side adjustment. ``upload_topk`` (bool attribute, default False): in server-side adjustment, clients upload only
     the top-k scores among inactive positions instead of the dense score tensor.
 
     Example::
@@ -168,7 +169,9 @@ def fedprune_mask_policies():
     growth scores, ``counts`` the schedule's per-layer budget). Optional:
     ``initial(model, masks, data, client_indices, config, generator) -> masks`` to refine the
     initial masks on the server before round 1 (``data``: the training set; the policy may use
-    one client's samples). The density of the global masks follows whatever the policy returns.
+    one client's samples). ``initial`` sees the unmasked initial weights (it may start from the
+    dense model); the engine applies the masks it returns. The density of the global masks
+    follows whatever the policy returns.
 
     Example::
 

@@ -79,7 +79,10 @@ class Component:
                 f"{self.kind} {self.name!r} has no option {', '.join(unknown)}; "
                 f"its options are: {', '.join(known) or 'none'}"
             )
-        return self.factory(**options)
+        try:
+            return self.factory(**options)
+        except (TypeError, ValueError) as exc:
+            raise FedpruneError(f"{self.kind} {self.name!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,11 @@ class Method:
             )
         if self.adjust and not self.sparse:
             raise PluginError(f"method {self.name!r} adjusts masks, so it must be sparse")
+        if self.mask_policy and self.adjust != "server":
+            raise FedpruneError(
+                f"{self.name!r}: a mask policy ({self.mask_policy!r}) replaces the server's "
+                "prune-and-grow, so it needs a method that adjusts on the server"
+            )
         if self.adjust and not (self.pruning_criterion and self.growth_criterion and self.schedule):
             raise PluginError(
                 f"method {self.name!r} adjusts masks, so it needs a pruning_criterion, "

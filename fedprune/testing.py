@@ -71,6 +71,7 @@ __all__ = [
     "check_schedule",
     "host_plugin_manager",
     "load_entry_point",
+    "one_thread",
     "register_plugin",
     "tiny_config",
 ]

@@ -38,6 +38,8 @@ class GradientGrowth:
 class RandomGrowth:
     """SET growth: uniformly random inactive positions, from a seeded generator."""
 
+    uses_gradient = False
+
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -55,6 +57,8 @@ class SquaredGradientGrowth:
     ``param.grad`` by reference changed meaning across torch versions). ``cost`` is the
     per-parameter communication + compute time t_j; 1 where no device profile is given.
     """
+
+    uses_gradient = False
 
     def __init__(self, cost: float = 1.0) -> None:
         if cost <= 0:

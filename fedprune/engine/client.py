@@ -136,10 +136,12 @@ class LocalTrainer:
     def _adjust(self, update, data, indices, masks, counts, optimizer, generator) -> None:
         """End of an adjustment round: score growth, then prune/grow here or upload scores."""
         parts = self.parts
-        index = next(batches(indices, self.config.batch_size, 1, generator))
-        x, y = data.batch(index, train=True, generator=generator)
-        device = torch.device(self.config.device)
-        grads = growth_gradients(self.model, self.prunable, x.to(device), y.to(device))
+        grads: dict[str, torch.Tensor] = {}
+        if parts.method.adjust == "client" or getattr(parts.growth, "uses_gradient", True):
+            index = next(batches(indices, self.config.batch_size, 1, generator))
+            x, y = data.batch(index, train=True, generator=generator)
+            device = torch.device(self.config.device)
+            grads = growth_gradients(self.model, self.prunable, x.to(device), y.to(device))
         weights = {n: self.params[n].detach() for n in masks}
         scores = parts.growth.scores(weights, grads)
         if parts.method.adjust == "client":

@@ -20,9 +20,10 @@ from fedprune import masks as M
 from fedprune.data.base import ArrayDataset, DatasetSplits
 from fedprune.engine.aggregate import Aggregator
 from fedprune.engine.build import MethodParts, bind_masks
-from fedprune.engine.client import ClientUpdate, LocalTrainer
+from fedprune.engine.client import ClientUpdate, LocalTrainer, batches
 from fedprune.engine.config import RunConfig
 from fedprune.engine.events import ClientReport, RunInfo
+from fedprune.memory import measure_training_step
 from fedprune.seeding import torch_generator
 
 
@@ -152,6 +153,21 @@ class Simulation:
             nnz = update.score_nnz[name] if update.score_nnz else score.numel()
             total += comm.sparse_bytes(score.numel(), nnz, score.element_size())
         return total
+
+    # ------------------------------------------------------------------------- measurement
+
+    def measure_memory(self) -> dict[str, int | None]:
+        """One training step of the client model as it will train (current masks bound),
+        on one training batch, measured by `fedprune.memory.measure_training_step`."""
+        bind_masks(self.model, self.masks)
+        index = next(batches(self.client_indices[0], self.config.batch_size, 1,
+                             torch_generator(self.seed, "memory-batch")))
+        x, y = self.data.train.batch(index, train=True)
+        report = measure_training_step(
+            self.model, x.to(self.device), y.to(self.device), self.masks,
+            lr=self.config.lr, momentum=self.config.momentum,
+        )
+        return report.as_dict()
 
     # ------------------------------------------------------------------------------ evaluation
 
