@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="component option for every method, e.g. -o sap.gamma=0.7")
     p.add_argument("--json", dest="json_path", help="also write the raw measurements here")
+    p.add_argument("--from-json", nargs="+", metavar="PATH",
+                   help="print the tables of earlier --json outputs instead of measuring")
     return p.parse_args(argv)
 
 
@@ -108,6 +110,10 @@ def measure_all(args: argparse.Namespace) -> list[dict]:
     return records
 
 
+def _extras(spec: str) -> list[str]:
+    return spec.split("+")[1:]
+
+
 def _reduction(value: float, reference: float) -> str:
     return f"{1 - value / reference:.1%}" if reference else "-"
 
@@ -117,9 +123,11 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
     subjects = [m for m in methods if m.split("+")[0] == "fedmef"]
     baselines = [m for m in args.baselines if m in methods]
     engineered = args.engineered if args.engineered in methods else None
+    # A FedMef variant is set against the engineered baseline with the same extra components.
+    paired = [s for s in subjects if engineered and _extras(s) == _extras(engineered)]
     head = ["model", "input", "density", *methods]
     head += [f"{s} vs best of {'/'.join(baselines)}" for s in subjects] if baselines else []
-    head += [f"{s} vs {engineered}" for s in subjects if s != engineered] if engineered else []
+    head += [f"{s} vs {engineered}" for s in paired]
     lines = [
         "Footprint (MiB) = parameters in the cheapest sparse format + saved activations; "
         "reduction = 1 - footprint / reference.",
@@ -137,8 +145,7 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
         if baselines:
             best = min(total[b] for b in baselines if b in total)
             row += [_reduction(total[s], best) for s in subjects]
-        if engineered:
-            row += [_reduction(total[s], total[engineered]) for s in subjects if s != engineered]
+        row += [_reduction(total[s], total[engineered]) for s in paired]
         lines.append("| " + " | ".join(row) + " |")
     # Activations are measured at every density; they do not depend on it (masks change
     # parameter storage only), so one column per method suffices for the breakdown.
@@ -159,22 +166,43 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
             for m in methods
         ]
         lines.append(f"| {model} | {size} | " + " | ".join(cells) + " |")
-    varying = {
-        (r["model"], r["input"], r["method"])
-        for r in records
-        for q in records
-        if (q["model"], q["input"], q["method"]) == (r["model"], r["input"], r["method"])
-        and q["activation_bytes"] != r["activation_bytes"]
-    }
+    # SAP's sampled threshold keeps a data-dependent count, so its saved bytes move slightly
+    # with the weights; everything else is exactly density-independent.
+    spread: dict[tuple, list[int]] = {}
+    for r in records:
+        spread.setdefault((r["model"], r["input"], r["method"]), []).append(r["activation_bytes"])
+    varying = {k: max(v) / min(v) - 1 for k, v in spread.items() if max(v) != min(v)}
     if varying:
-        lines.append("")
-        lines.append("Note: saved activations differed across densities for: "
-                     + ", ".join(" ".join(v) for v in sorted(varying)))
+        worst = max(varying.values())
+        lines += ["", f"Saved activations vary across densities by at most {worst:.2%} "
+                  f"({', '.join(sorted({k[2] for k in varying}))}: SAP's sampled threshold)."]
+    lines += [
+        "",
+        "Peak RSS minus RSS at entry (MiB, min-max over densities; noisy, see docs/memory.md):",
+        "",
+        "| model | input | " + " | ".join(methods) + " |",
+        "|---|---|" + "|".join(["---:"] * len(methods)) + "|",
+    ]
+    rss: dict[tuple, dict[str, list[int]]] = {}
+    for r in records:
+        rss.setdefault((r["model"], r["input"]), {}).setdefault(r["method"], []).append(
+            r["peak_rss_delta_bytes"]
+        )
+    for (model, size), by in rss.items():
+        cells = [
+            f"{min(by[m]) / MiB:.0f}-{max(by[m]) / MiB:.0f}" if m in by else "-" for m in methods
+        ]
+        lines.append(f"| {model} | {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.from_json:
+        records = [r for path in args.from_json for r in json.load(open(path))]
+        args.densities = sorted({r["density"] for r in records}, reverse=True)
+        print(markdown(records, args))
+        return
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     records = measure_all(args)

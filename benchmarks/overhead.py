@@ -78,7 +78,7 @@ def main() -> None:
             start = time.perf_counter()
             fn(repeat)
             times[name].append(time.perf_counter() - start)
-    ratios = [f / b for f, b in zip(times["fedprune"], times["bare"])]
+    ratios = [f / b for f, b in zip(times["fedprune"], times["bare"], strict=True)]
     print(f"model {args.model}, {args.steps} steps x {args.repeats} repeats, "
           f"{args.threads} thread(s); identical weights: {same}")
     for name, ts in times.items():

@@ -26,14 +26,14 @@ import time
 
 import torch
 import torch.nn.functional as F
+from fedprune_plugins.compact_activations import BitAct
+from fedprune_plugins.nsconv import NSConv
+from fedprune_plugins.sap import SAP
 from torch import nn
 
 from fedprune.memory import SavedTensorMeter
 from fedprune.models.mobilenet import mobilenetv2
 from fedprune.models.resnet import resnet18
-from fedprune_plugins.compact_activations import BitAct
-from fedprune_plugins.nsconv import NSConv
-from fedprune_plugins.sap import SAP
 
 MODELS = {"resnet18": resnet18, "mobilenetv2": mobilenetv2}
 

@@ -2,9 +2,9 @@
 
 Per seed the dataset split over clients and the base model are made once and shared by every
 method. Before training, each method's client memory is measured on one training step of its
-model (`Simulation.measure_memory`). Each (method, seed) run is isolated: a failure is recorded (``"status": "failed"`` with
-the error) and the next run goes on; results.json is rewritten after every run, so nothing
-finished is lost if the process dies.
+model (`Simulation.measure_memory`). Each (method, seed) run is isolated: a failure is recorded
+(``"status": "failed"`` with the error) and the next run goes on; results.json is rewritten
+after every run, so nothing finished is lost if the process dies.
 """
 
 from __future__ import annotations

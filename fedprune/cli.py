@@ -33,7 +33,9 @@ def _pm():
     from fedprune.plugins import get_plugin_manager
 
     try:
-        return get_plugin_manager()
+        pm = get_plugin_manager()
+        _ = pm.registry  # collect now: a duplicate name is a one-line error, not a traceback
+        return pm
     except FedpruneError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -112,8 +112,9 @@ def _mib(value: int | None) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]], kw: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from fedprune.cli import out
 
     shape = ",".join(map(str, kw["input_shape"]))
     table = Table(title=f"fedprune memory: {kw['model']}, input {shape}, batch "
@@ -130,10 +131,9 @@ def _print_table(rows: list[dict[str, Any]], kw: dict[str, Any]) -> None:
         mem = row["memory"]
         ratio = f"{mem['total_bytes'] / first:.2f}" if first else "-"
         table.add_row(row["method"], *(_mib(mem[f]) for f in fields), ratio)
-    console = Console()
-    console.print(table)
+    out.print(table)
     base = rows[0]["method"] if rows else "-"
-    console.print(
+    out.print(
         f"footprint = params (cheapest sparse format) + saved activations; ratio: footprint / "
         f"{base}'s; RSS + = peak RSS minus RSS at entry, noisy (see docs/memory.md)"
     )

@@ -45,12 +45,15 @@ def fedprune_pruning_criteria():
     The factory's keyword arguments are the criterion's options. The built object has
     ``scores(weight, grad) -> Tensor`` (same shape as ``weight``; the lowest-scoring active
     weights are pruned). ``grad`` is the dense gradient of one mini-batch where the adjustment
-    runs on the client, and ``None`` on the server.
+    runs on the client, and ``None`` on the server (which re-prunes every sparse method's voted
+    masks to their target size).
 
     Example::
 
         class Taylor:
             def scores(self, weight, grad):
+                if grad is None:  # on the server: no gradient
+                    return weight.abs()
                 return (weight * grad).abs()
 
         @fedprune.hookimpl
@@ -70,7 +73,8 @@ def fedprune_growth_criteria():
     ``begin(params)`` before local training and ``after_backward(params)`` after every local
     step (dense gradients available, before masking), for criteria that accumulate.
     ``uses_gradient`` (bool attribute, default True): False spares the engine the extra
-    mini-batch gradient in server-side adjustment. ``upload_topk`` (bool attribute, default False): in server-side adjustment, clients upload only
+    mini-batch gradient in server-side adjustment. ``upload_topk`` (bool attribute, default
+    False): in server-side adjustment, clients upload only
     the top-k scores among inactive positions instead of the dense score tensor.
 
     Example::

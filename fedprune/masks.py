@@ -72,9 +72,14 @@ def erk_densities(shapes: Mapping[str, torch.Size], density: float) -> dict[str,
 DISTRIBUTIONS = {"uniform": uniform_densities, "erk": erk_densities}
 
 
-def target_counts(shapes: Mapping[str, torch.Size], densities: Mapping[str, float]) -> dict[str, int]:
+def target_counts(
+    shapes: Mapping[str, torch.Size], densities: Mapping[str, float]
+) -> dict[str, int]:
     """Active weights per layer: round(density * numel), at least one."""
-    return {n: max(1, min(math.prod(s), round(densities[n] * math.prod(s)))) for n, s in shapes.items()}
+    return {
+        n: max(1, min(math.prod(s), round(densities[n] * math.prod(s))))
+        for n, s in shapes.items()
+    }
 
 
 def _check_density(density: float) -> None:

@@ -200,9 +200,7 @@ class Registry:
                 value: Any = tuple(n for n in getattr(method, slot) if n != name) + (name,)
             else:
                 value = name
-            method = dataclasses.replace(method, **{slot: value})
-        if extras:
-            method = dataclasses.replace(method, name=spec)
+            method = dataclasses.replace(method, name=spec, **{slot: value})
         for name in method.components():
             if name not in self._records:
                 raise FedpruneError(

@@ -442,9 +442,9 @@ def check_growth_criterion(
     component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 8
 ) -> None:
     """Driven like local training: ``begin(params)``, ``after_backward(params)`` after each step
-    (when defined), then ``scores(weights, grads)`` with the engine's growth gradients: one
-    finite tensor per layer, shaped like its weight; prune-and-grow on them grows only inactive
-    positions and keeps each layer's count."""
+    (when defined), then ``scores(weights, grads)`` with the engine's growth gradients (and with
+    ``grads={}`` where ``uses_gradient`` is False): one finite tensor per layer, shaped like its
+    weight; prune-and-grow on them grows only inactive positions and keeps each layer's count."""
     label = _label(component)
 
     @_settings(max_examples, shrink=False)
@@ -458,7 +458,9 @@ def check_growth_criterion(
     def run(seed, width, density, steps, fraction) -> None:
         growth = _build(component, options)
         topk = getattr(growth, "upload_topk", False)
+        uses_gradient = getattr(growth, "uses_gradient", True)
         assert isinstance(topk, bool), f"{label}: upload_topk must be a bool"
+        assert isinstance(uses_gradient, bool), f"{label}: uses_gradient must be a bool"
         model = _tiny_model(seed, width)
         masks = _model_masks(model, density, seed)
         params = dict(model.named_parameters())
@@ -480,13 +482,17 @@ def check_growth_criterion(
         x, y = torch.randn(4, 3, 8, 8, generator=generator), torch.randint(3, (4,))
         grads = growth_gradients(model, prunable, x, y)
         weights = {n: params[n].detach() for n in masks}
-        scores = growth.scores(weights, grads)
-        missing = sorted(set(weights) - set(scores))
-        assert not missing, f"{label}: scores() has no entry for {', '.join(missing)}"
         counts = M.adjustment_counts(masks, fraction)
-        for name, mask in masks.items():
-            _assert_scores(label, scores[name], weights[name], f"scores()[{name!r}]")
-            _assert_prune_and_grow(label, mask, weights[name].abs(), scores[name], counts[name])
+        # Client-side adjustment always passes gradients; server-side only if it uses them.
+        for given_grads in [grads] if uses_gradient else [grads, {}]:
+            scores = growth.scores(weights, given_grads)
+            missing = sorted(set(weights) - set(scores))
+            assert not missing, f"{label}: scores() has no entry for {', '.join(missing)}"
+            for name, mask in masks.items():
+                _assert_scores(label, scores[name], weights[name], f"scores()[{name!r}]")
+                _assert_prune_and_grow(
+                    label, mask, weights[name].abs(), scores[name], counts[name]
+                )
 
     with one_thread():
         run()

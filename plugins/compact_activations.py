@@ -70,9 +70,10 @@ class _BitClamp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (packed,) = ctx.saved_tensors
-        alive = unpack_bits(packed, grad.numel()).view(ctx.shape).to(grad.dtype)
-        # grad where alive (1 > 0.5), exactly 0 elsewhere; much faster than masked_fill on CPU.
-        return torch.ops.aten.threshold_backward(grad, alive, 0.5), None, None, None
+        alive = unpack_bits(packed, grad.numel()).view(ctx.shape).view(torch.uint8)
+        # grad where alive (1 > 0), exactly 0 elsewhere: torch's own ReLU backward kernel, much
+        # faster than masked_fill or where on the CPU.
+        return torch.ops.aten.threshold_backward(grad, alive, 0), None, None, None
 
 
 def _tracked(x: Tensor) -> bool:

@@ -9,4 +9,6 @@ from fedprune import Method, hookimpl
 
 @hookimpl
 def fedprune_methods():
-    return [Method("fedavg", "dense FedAvg: sample-weighted average of client models", sparse=False)]
+    return [
+        Method("fedavg", "dense FedAvg: sample-weighted average of client models", sparse=False)
+    ]

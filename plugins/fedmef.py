@@ -105,7 +105,7 @@ class BaE:
         if not self._marked:
             return base_lr
         t, budget = step, total_steps
-        p = max(0.0, (2 * budget - 2 * t) / (2 * budget - t)) if budget > 0 else 0.0
+        p = (2 * budget - 2 * t) / (2 * budget - t) if 0 <= t < budget else 0.0  # REX
         eta0 = base_lr if self.eta0 is None else self.eta0
         beta = p * (2 / (1 + math.exp(-self.norm())) - 1) * eta0
         return max(base_lr, beta)

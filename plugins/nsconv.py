@@ -11,9 +11,9 @@ small activations cheaply, and training no longer depends on client batch statis
 Memory: written out with differentiable ops, the standardisation makes autograd keep two extra
 weight-sized tensors per layer for backward, and the convolution keeps W^ itself. With
 ``recompute=True`` (the default) the standardisation and the convolution form one autograd
-function that saves only the input, the raw weight, the gain and the mask (parameters and the
-engine's mask, nothing weight-sized of its own) and recomputes W^ in backward, with a closed-form
-gradient of the standardisation. `conv2d_function` is that function; SAP reuses it with its
+function that saves only the input, the raw weight, the gain, the mask (parameters and the
+engine's mask: nothing weight-sized of its own) and four per-channel statistics, and recomputes W^
+in backward, with a closed-form gradient of the standardisation. `conv2d_function` is that function; SAP reuses it with its
 compressed input, so a SAP + NSConv layer also saves nothing weight-sized.
 
 Growth: the engine scores growth candidates by the gradient w.r.t. the weight a layer actually
@@ -131,22 +131,21 @@ def _apply_stats(weight: Tensor, gain: Tensor, mask: Tensor | None, st: _Stats) 
 def _stats_backward(
     grad: Tensor, weight: Tensor, gain: Tensor, mask: Tensor | None, stats: str, st: _Stats
 ) -> tuple[Tensor, Tensor]:
-    """Closed-form gradients of the standardisation; see `standardize_backward`."""
+    """Closed-form gradients of the standardisation; see `standardize_backward`.
+
+    Written so that what cancels in exact arithmetic cancels in floating point too (a channel
+    with one active weight has a zero gradient, however large its scale s).
+    """
     rows = weight.shape[0]
     g = grad.reshape(rows, -1)
-    w = weight.reshape(rows, -1)
-    fan_in = w.shape[1]
-    sum_g = g.sum(1, keepdim=True)
-    sum_gw = torch.linalg.vecdot(g, w).unsqueeze(1)
-    grad_gain = st.s * (sum_gw - st.mean * sum_g)  # sum(grad * u)
-    c_grad = gain.reshape(rows, 1) * st.s
-    c_weight = -st.live * fan_in * st.s * c_grad * grad_gain / st.n
-    c_const = -c_grad * sum_g / st.n - c_weight * st.mean
-    grad_weight = torch.addcmul(c_const, w, c_weight)
+    out = weight.reshape(rows, -1) - st.mean  # W - mean; becomes the gradient in place
+    grad_gain = st.s * torch.linalg.vecdot(g, out).unsqueeze(1)  # sum(grad * u)
+    k = st.live * (out.shape[1] * st.s / st.n) * grad_gain
+    out.mul_(k).add_(g.sum(1, keepdim=True) / st.n)
     if stats == "active" and mask is not None:
-        grad_weight.mul_(mask.reshape(rows, -1))
-    grad_weight.addcmul_(g, c_grad)
-    return grad_weight.view_as(weight), grad_gain.view_as(gain)
+        out.mul_(mask.reshape(rows, -1))
+    out.sub_(g).mul_(-gain.reshape(rows, 1) * st.s)
+    return out.view_as(weight), grad_gain.view_as(gain)
 
 
 def standardize_backward(
@@ -168,7 +167,7 @@ def standardize_backward(
         dL/dW_k  = gain * s * (grad_k - [k in S] * (sum(grad) / n
                                                     + [live] * fan_in * s * A / n * (W_k - mean)))
 
-    which is linear in grad and W with per-channel coefficients: two passes over the weight.
+    per-channel coefficients times a few passes over the weight.
     """
     return _stats_backward(grad, weight, gain, mask, stats, _stats(weight, mask, stats, eps))
 

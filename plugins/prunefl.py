@@ -8,7 +8,8 @@ the k_l inactive positions of largest importance g^2 / t (t: per-parameter cost,
 device profile), so every layer keeps its size.
 
 ``prunefl+prunefl_adaptive`` is the paper's original algorithm, where the model size is chosen
-by an objective, not by ``--density``:
+by an objective, not by ``--density``. The variant is a mask-policy component mixed into the
+recipe (``A+B`` puts B into its kind's slot), which is how fedprune exposes a method's option:
 
 1. Initial pruning on the server with a small sample (200 examples) of one client: starting
    from the dense model, repeat {a few SGD steps with a fresh optimizer, squared gradients
@@ -23,13 +24,14 @@ A reconfiguration keeps, per layer, the top (1 - d_t) of the active weights by m
 d_t = prune_rate * 0.5^(t / half_life) (paper: 0.3 and 10,000 iterations; t counts local SGD
 steps, i.e. round x local steps per round, or rounds with ``unit="round"``). Then every other
 position (just dropped or inactive, all layers together) is a candidate, added in descending
-Z_j / t_j while that ratio exceeds the current objective sum(Z) / (T0 + sum t) over the kept
-set: adding j raises the objective exactly when Z_j / t_j exceeds it, so this greedy order
-maximises it. Re-added weights keep their value; newly grown ones start at 0.
+Z_j / t_j while that ratio exceeds the objective sum(Z) / (T0 + sum t) of the current set
+(kept plus added so far): adding j raises the objective exactly when Z_j / t_j exceeds it,
+so this greedy order maximises it. Re-added weights keep their value; new ones start at 0.
 
 Costs: ``cost`` is t_j for every weight, ``layer_cost`` overrides it per layer (the paper
 profiles them per device); ``t0`` is the fixed per-round time T0 as a multiple of the dense
-prunable model's total cost sum_j t_j, so it does not depend on the model size. Leave
+prunable model's total cost sum_j t_j, so it does not depend on the model size (default 0.1:
+fedprune's choice, the paper measures T0 per device). Leave
 ``sqgrad.cost`` at 1 with this policy: the policy divides by t_j itself and needs raw g^2.
 """
 

@@ -183,8 +183,7 @@ class SAP:
         values, packed = saved
         n = math.prod(shape)
         out = torch.zeros(n, dtype=dtype, device=values.device)
-        out[unpack_bits(packed, n)] = values.to(dtype)
-        return out.view(shape)
+        return out.masked_scatter_(unpack_bits(packed, n), values.to(dtype)).view(shape)
 
 
 # ----------------------------------------------------------------------------------- layers

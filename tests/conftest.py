@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["fedprune.testing"]
+
 # Third-party fedprune plugins installed in the environment must not change this suite's
 # results; names in FEDPRUNE_PLUGINS are still loaded where a test asks for them.
 os.environ["FEDPRUNE_DISABLE_PLUGIN_AUTOLOAD"] = "1"

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import math
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sparse_components import Recorder, make_simulation, one_thread  # noqa: F401
+from test_sparse_components import Recorder, make_simulation
 
 from fedprune import comm
 from fedprune import masks as M
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from fedprune.data.digits import load_digits
-
-    return load_digits()
 
 
 def expected_state_bytes(state, masks, positions):

@@ -48,7 +48,11 @@ def test_clients_are_sampled_without_replacement(pm, digits, monkeypatch):
     sim = simulation(pm, digits, "fedavg", clients=4, clients_per_round=4, rounds=2)
     seen = []
     original = sim.round
-    monkeypatch.setattr(sim, "round", lambda r, clients: (seen.append(clients), original(r, clients))[1])
+    def spy(r, clients):
+        seen.append(clients)
+        return original(r, clients)
+
+    monkeypatch.setattr(sim, "round", spy)
     sim.run()
     assert all(sorted(c) == [0, 1, 2, 3] for c in seen)
 
@@ -57,7 +61,11 @@ def test_one_model_object_serves_every_client(pm, digits, monkeypatch):
     sim = simulation(pm, digits, "fedavg", clients=4, clients_per_round=4, rounds=1)
     loads = []
     real = sim.model.load_state_dict
-    monkeypatch.setattr(sim.model, "load_state_dict", lambda *a, **k: (loads.append(1), real(*a, **k))[1])
+    def spy(*args, **kwargs):
+        loads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sim.model, "load_state_dict", spy)
     sim.run()
     assert sim.trainer.model is sim.model
     assert len(loads) == 4 + 1  # four clients, one evaluation
@@ -129,7 +137,7 @@ def test_every_method_gets_the_same_initial_weights(pm, digits, tmp_path, monkey
     config = RunConfig(**{**TINY, "rounds": 1})
     run_bench(pm, ["fedavg", "feddst"], config, [0], tmp_path)
     (wa, ca), (wb, cb) = seen["fedavg"], seen["feddst"]
-    assert all(np.array_equal(x, y) for x, y in zip(ca, cb))
+    assert all(np.array_equal(x, y) for x, y in zip(ca, cb, strict=True))
     for name in wa:  # feddst's copy is masked afterwards; before masking they are identical
         assert torch.equal(wa[name], wb[name]), name
 

@@ -9,18 +9,11 @@ import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sparse_components import Recorder, make_simulation, one_thread, plugin_manager  # noqa: F401
+from test_sparse_components import Recorder, make_simulation, plugin_manager
 
 from fedprune import masks as M
 from fedprune.cli import main
 from fedprune.seeding import torch_generator
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from fedprune.data.digits import load_digits
-
-    return load_digits()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ from fedprune.engine.aggregate import Aggregator
 
 shape = st.one_of(
     st.tuples(st.integers(1, 16), st.integers(1, 16)),
-    st.tuples(st.integers(1, 12), st.integers(1, 8), st.sampled_from([1, 3]), st.sampled_from([1, 3])),
+    st.tuples(
+        st.integers(1, 12), st.integers(1, 8), st.sampled_from([1, 3]), st.sampled_from([1, 3])
+    ),
 )
 shapes = st.lists(shape, min_size=1, max_size=5).map(
     lambda ss: {f"layer{i}.weight": torch.Size(s) for i, s in enumerate(ss)}
@@ -89,7 +91,7 @@ def test_aggregation_stays_inside_the_union_of_client_masks(masks, samples, seed
     global_mask = torch.ones(3, 4, dtype=torch.bool)
     agg = Aggregator(template, {"w": global_mask})
     union = torch.zeros(3, 4, dtype=torch.bool)
-    for bits, n in zip(masks, samples):
+    for bits, n in zip(masks, samples, strict=False):
         m = torch.tensor(bits).view(3, 4)
         union |= m
         agg.add({"w": torch.randn(3, 4, generator=gen) * m}, n, {"w": m})

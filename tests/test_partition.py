@@ -40,7 +40,7 @@ def test_dirichlet_is_seeded():
     labels = np.repeat(np.arange(5), 40)
     a = DirichletPartitioner(0.5).split(labels, 4, np.random.default_rng(1))
     b = DirichletPartitioner(0.5).split(labels, 4, np.random.default_rng(1))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_dirichlet_gives_up_with_a_clear_error():

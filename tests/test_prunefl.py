@@ -12,20 +12,14 @@ from fedprune_plugins import prunefl
 from fedprune_plugins.prunefl import AdaptivePruneFL, objective, reconfigure
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sparse_components import Recorder, make_simulation, one_thread, plugin_manager  # noqa: F401
+from test_sparse_components import Recorder, make_simulation, plugin_manager
 
 from fedprune import masks as M
 from fedprune.engine.config import RunConfig
 from fedprune.errors import FedpruneError
+from fedprune.testing import TinyFederation, check_mask_policy, check_method
 
 FAST = settings(max_examples=40, deadline=None)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from fedprune.data.digits import load_digits
-
-    return load_digits()
 
 
 # ------------------------------------------------------------------------------- registration
@@ -45,6 +39,15 @@ def test_both_variants_are_registered_and_mix():
         0.3, 10000.0, 200)
     assert (options["init_window"], options["init_tolerance"], options["cost"]) == (5, 0.1, 1.0)
     assert [c.name for c in prunefl.fedprune_mask_policies()] == ["prunefl_adaptive"]
+
+
+def test_policy_and_method_meet_the_plugin_contracts(tmp_path):
+    pm = plugin_manager()
+    check_mask_policy(pm.registry.get("prunefl_adaptive", "mask_policy"),
+                      {"init_samples": 32, "init_steps": 2, "init_max_reconfigs": 4})
+    federation = TinyFederation(pm, tmp_path)
+    result = check_method("prunefl+prunefl_adaptive", federation)  # runs twice: reproducible
+    assert 0 < result["density"] <= 1
 
 
 @pytest.mark.parametrize("options", [

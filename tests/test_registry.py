@@ -30,7 +30,7 @@ def test_duplicate_names_are_an_error_naming_both_plugins(pm):
     pm.register(plugin("impostor", "fedprune_pruning_criteria",
                        [fedprune.Component("feddst", object, "clash")]), name="impostor")
     with pytest.raises(PluginError) as err:
-        pm.registry
+        _ = pm.registry
     assert "'feddst'" in str(err.value)
     assert "'feddst' (plugin" not in str(err.value)
     assert "impostor" in str(err.value) and "plugin 'feddst'" in str(err.value)
@@ -56,7 +56,7 @@ def test_records_of_the_wrong_kind_are_rejected(pm):
     pm.register(plugin("confused", "fedprune_methods",
                        [fedprune.Component("x", object)]), name="confused")
     with pytest.raises(PluginError, match="confused.*methods go in fedprune_methods"):
-        pm.registry
+        _ = pm.registry
 
 
 def test_component_options_come_from_the_factory_signature(pm):

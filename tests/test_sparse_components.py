@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fedprune_plugins import fedavg, feddst, prunefl, sparse
+from fedprune_plugins import sparse
 from fedprune_plugins.sparse import Cosine, SquaredGradientGrowth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fedprune import builtins
 from fedprune import masks as M
 from fedprune.engine.build import (
     MethodParts,
@@ -36,6 +35,7 @@ from fedprune.engine.simulation import Simulation
 from fedprune.plugins import PluginManager
 from fedprune.registry import Method
 from fedprune.seeding import numpy_generator
+from fedprune.testing import host_plugin_manager
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -43,12 +43,8 @@ FAST = settings(max_examples=40, deadline=None)
 
 
 def plugin_manager() -> PluginManager:
-    """The core plus the method plugins under test, without other installed entry points."""
-    pm = PluginManager()
-    pm.register(builtins, name="builtins")
-    for module in (sparse, fedavg, feddst, prunefl):
-        pm.register(module, name=module.__name__.rsplit(".", 1)[-1])
-    return pm
+    """fedprune's own plugins only, whatever else is installed."""
+    return host_plugin_manager()
 
 
 class Recorder:
@@ -86,22 +82,6 @@ def tiny_net(seed: int = 0) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 8 * 8, 10)
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: several threads only contend for the CPUs (tens of times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from fedprune.data.digits import load_digits
-
-    return load_digits()
 
 
 # ------------------------------------------------------------------------------ prune and grow

@@ -7,9 +7,8 @@ connection the loss does not care about is kept, a small one it depends on is dr
 
 from __future__ import annotations
 
-import torch
-
 import fedprune
+import torch
 
 
 class Taylor:

@@ -72,7 +72,7 @@ class ArrayDataset:
             dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).tolist()
             # one slice copy per image: far cheaper than a 4-D gather
             x = torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in
-                             enumerate(zip(dy, dx))])
+                             enumerate(zip(dy, dx, strict=True))])
         if self.flip:
             flip = torch.rand(n, generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)

@@ -58,7 +58,8 @@ class RunConfig:
 
     def as_params(self) -> dict[str, Any]:
         """Flat parameters for tracking and results.json."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        fields = (f.name for f in dataclasses.fields(self) if f.name != "options")
+        out = {name: getattr(self, name) for name in fields}
         out.update({f"option.{k}": v for k, v in sorted(self.options.items())})
         return out
 
@@ -95,7 +96,9 @@ class MethodSettings:
             )
         settings = cls(**options)
         if settings.distribution not in ("erk", "uniform"):
-            raise FedpruneError(f"distribution must be erk or uniform, not {settings.distribution!r}")
+            raise FedpruneError(
+                f"distribution must be erk or uniform, not {settings.distribution!r}"
+            )
         if settings.init not in ("random", "magnitude"):
             raise FedpruneError(f"init must be random or magnitude, not {settings.init!r}")
         if not 0 <= settings.min_votes < 1:

@@ -1,0 +1,118 @@
+"""`fedprune memory` and `fedprune.memory.measure_method`: a method's client step, measured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from fedprune_plugins.nsconv import NSConv2d
+from torch import nn
+
+from fedprune.cli_memory import FIELDS, memory
+from fedprune.engine.build import bind_masks, build_base_model
+from fedprune.engine.config import RunConfig
+from fedprune.errors import FedpruneError
+from fedprune.memory import MemoryReport, SavedTensorMeter, measure_method, measure_training_step
+
+TINY = ["--model", "cnn", "--input-shape", "1,8,8", "--batch-size", "4", "--threads", "1"]
+
+
+def run(*args):
+    return CliRunner().invoke(memory, [*TINY, *args])
+
+
+def test_json_schema(tmp_path):
+    result = run("--methods", "fedavg,feddst,fedmef,fedmef+bitact", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["method"] for r in rows] == ["fedavg", "feddst", "fedmef", "fedmef+bitact"]
+    for row in rows:
+        assert set(row) == {"method", "memory"}
+        mem = row["memory"]
+        assert tuple(mem) == FIELDS
+        assert mem["cuda_peak_bytes"] is None  # CPU
+        ints = {k: v for k, v in mem.items() if k != "cuda_peak_bytes"}
+        assert all(isinstance(v, int) for v in ints.values())
+        assert mem["total_bytes"] == mem["params_bytes"] + mem["activation_bytes"]
+        assert mem["params_bytes"] > 0 and mem["activation_bytes"] > 0
+    by = {r["method"]: r["memory"] for r in rows}
+    assert by["feddst"]["params_bytes"] < by["fedavg"]["params_bytes"]  # sparse storage
+    assert by["fedmef"]["activation_bytes"] < by["feddst"]["activation_bytes"]  # SAP, no BN
+    assert by["fedmef+bitact"]["activation_bytes"] < by["fedmef"]["activation_bytes"]
+
+
+def test_table_and_options():
+    result = run("--methods", "feddst,fedmef", "--density", "0.3", "-o", "sap.gamma=0.7")
+    assert result.exit_code == 0, result.output
+    assert "feddst" in result.output and "fedmef" in result.output
+    assert "density 0.3" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "fedmeff"], "unknown method 'fedmeff'"),
+        (["--methods", "feddst+nope"], "unknown mixable component 'nope'"),
+        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--input-shape", "3,32"], "is not C,H,W"),
+        (["--input-shape", "3,x,32"], "is not C,H,W"),
+        (["--input-shape", "0,8,8"], "is not C,H,W"),
+        (["--density", "0"], "--density"),
+        (["-o", "sap.gamma=1.5"], "sap.gamma"),
+        (["-o", "nope.x=1"], "names no registered component"),
+        (["-o", "cnn.depth=3"], "has no option depth"),
+    ],
+)
+def test_usage_errors_are_one_line(args, message):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_model_that_cannot_take_the_shape_fails_cleanly():
+    result = run("--input-shape", "1,1,1", "--methods", "fedavg")
+    assert result.exit_code == 1
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert "fedavg: one training step of model 'cnn' on input 1,1,1" in line
+    assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- measure_method
+
+
+def test_measure_method_is_deterministic_and_leaves_the_base_alone(pm):
+    config = RunConfig(model="cnn", batch_size=4, density=0.2, options={"cnn.width": 4})
+    base = build_base_model(pm.registry, config, 10, (1, 8, 8), seed=0)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    first = measure_method(pm, "fedmef", config, (1, 8, 8), base_model=base)
+    again = measure_method(pm.registry, pm.registry.method("fedmef"), config, (1, 8, 8))
+    assert isinstance(first, MemoryReport)
+    for name in ("params_bytes", "activation_bytes", "grad_bytes", "optimizer_bytes"):
+        assert getattr(first, name) == getattr(again, name)  # same base weights from the seed
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
+    sparser = measure_method(pm, "fedmef", config, (1, 8, 8), density=0.05, batch_size=8)
+    assert sparser.params_bytes < first.params_bytes
+    assert sparser.activation_bytes > first.activation_bytes  # twice the batch
+
+
+def test_measure_method_refuses_bad_input(pm):
+    config = RunConfig(model="cnn", options={"cnn.width": 4})
+    with pytest.raises(FedpruneError, match="three positive sizes"):
+        measure_method(pm, "feddst", config, (8, 8))
+    with pytest.raises(FedpruneError, match="unknown method"):
+        measure_method(pm, "nope", config, (1, 8, 8))
+
+
+def test_masks_saved_for_backward_are_model_state_not_activations():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    NSConv2d.convert(model[0])
+    masks = {"0.weight": torch.rand(8, 3, 3, 3) < 0.3}
+    bind_masks(model, masks)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    report = measure_training_step(model, x, y, masks)
+    with SavedTensorMeter(exclude=model) as meter:  # the mask counted, for contrast
+        nn.functional.cross_entropy(model(x), y).backward()
+    assert meter.bytes - report.activation_bytes == masks["0.weight"].nbytes
