@@ -148,3 +148,12 @@ def test_trainer_skips_unused_machinery(pm, digits):
     model = build_base_model(pm.registry, config, 10, digits.input_shape, 0)
     trainer = LocalTrainer(model, parts, config)
     assert trainer._lr_fn is None and parts.regularizer is None
+
+
+def test_measuring_memory_never_changes_results(pm, digits):
+    plain, measured = simulation(pm, digits, "fedmef"), simulation(pm, digits, "fedmef")
+    report = measured.measure_memory()
+    assert report["activation_bytes"] > 0 and report["total_bytes"] > report["params_bytes"]
+    assert plain.run()["history"] == measured.run()["history"]
+    for name, tensor in plain.global_state.items():
+        assert torch.equal(tensor, measured.global_state[name]), name

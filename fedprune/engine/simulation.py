@@ -7,6 +7,7 @@ evaluation -> observers. Plugins are called at named points; the loop knows no m
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -157,16 +158,24 @@ class Simulation:
     # ------------------------------------------------------------------------- measurement
 
     def measure_memory(self) -> dict[str, int | None]:
-        """One training step of the client model as it will train (current masks bound),
-        on one training batch, measured by `fedprune.memory.measure_training_step`."""
-        bind_masks(self.model, self.masks)
+        """One training step of the client model as it will train (current masks bound), on one
+        training batch, measured by `fedprune.memory.measure_training_step`.
+
+        It runs on a copy of the model under a forked RNG, so components' private state (e.g.
+        SAP's sampling generator) and the global generator (dropout) are untouched: measuring
+        never changes a run's results.
+        """
+        model = copy.deepcopy(self.model)
+        bind_masks(model, self.masks)
         index = next(batches(self.client_indices[0], self.config.batch_size, 1,
                              torch_generator(self.seed, "memory-batch")))
         x, y = self.data.train.batch(index, train=True)
-        report = measure_training_step(
-            self.model, x.to(self.device), y.to(self.device), self.masks,
-            lr=self.config.lr, momentum=self.config.momentum,
-        )
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            report = measure_training_step(
+                model, x.to(self.device), y.to(self.device), self.masks,
+                lr=self.config.lr, momentum=self.config.momentum,
+            )
         return report.as_dict()
 
     # ------------------------------------------------------------------------------ evaluation
