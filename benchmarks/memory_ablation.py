@@ -27,7 +27,8 @@ Configurations (``-o`` options apply to that configuration only; SAP's gamma is 
 
 Run: ``python benchmarks/memory_ablation.py`` (ResNet18 and MobileNetV2 at 32x32, gamma
 0.5/0.7/0.9, step time at gamma 0.7). Restrict with ``--models``, ``--sizes``, ``--gammas``,
-``--configs``; ``--time-gammas ''`` skips timing.
+``--configs``; ``--time-gammas ''`` times only the configurations without SAP, ``--repeats 0``
+none. Results and their reading: docs/memory_ablation.md.
 """
 
 from __future__ import annotations
@@ -404,7 +405,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=_list(int), default=[32], help="input H = W (3 channels)")
     p.add_argument("--gammas", type=_list(float), default=[0.5, 0.7, 0.9])
     p.add_argument("--time-gammas", type=_list(float), default=[0.7],
-                   help="gammas whose SAP configurations are timed ('' : none)")
+                   help="gammas whose SAP configurations are timed ('': none of them)")
     p.add_argument("--configs", type=_list(str), default=[v.key for v in VARIANTS],
                    help="configuration keys; the first is the baseline of the ratios")
     p.add_argument("--batch-size", type=int, default=64)
