@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fedprune.data.base import ArrayDataset, DatasetSplits
 from fedprune.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -268,3 +269,23 @@ def decode_images(paths: Sequence[Path], out: np.ndarray, size: int) -> None:
     """
     for i, path in enumerate(paths):
         out[i] = decode_image(path, size)
+
+
+def cached_splits(
+    info, folder: Path, splits: dict[str, SplitSource], num_classes: int | None = None
+) -> DatasetSplits:
+    """Train and test splits of ``folder``, decoded once into the cache, as array datasets.
+
+    Training images get the dataset's standard augmentation (random crop with
+    ``info.augment_pad`` padding, horizontal flip); both splits use its channel statistics.
+    """
+    cache = DecodeCache(cache_dir(folder.parent), info.name)
+    x_train, y_train = cache.get(folder, splits["train"])
+    x_test, y_test = cache.get(folder, splits["test"])
+    return DatasetSplits(
+        train=ArrayDataset(x_train, y_train, info.mean, info.std, augment_pad=info.augment_pad,
+                           flip=True),
+        test=ArrayDataset(x_test, y_test, info.mean, info.std),
+        num_classes=num_classes or info.num_classes,
+        name=info.name,
+    )

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fedprune.data.base import ArrayDataset, DatasetSplits
-from fedprune.data.cache import DecodeCache, SplitSource, cache_dir
+from fedprune.data.base import DatasetSplits
+from fedprune.data.cache import SplitSource, cached_splits
 from fedprune.data.catalog import CIFAR10, locate
 from fedprune.errors import DataError
 
@@ -144,14 +144,4 @@ def load_cifar10(root: str | os.PathLike[str] | None = None) -> DatasetSplits:
     with 4-pixel padding, horizontal flip); both splits are normalised with CIFAR-10's statistics.
     """
     folder, splits = sources(root)
-    cache = DecodeCache(cache_dir(folder.parent), CIFAR10.name)
-    x_train, y_train = cache.get(folder, splits["train"])
-    x_test, y_test = cache.get(folder, splits["test"])
-    info = CIFAR10
-    return DatasetSplits(
-        train=ArrayDataset(x_train, y_train, info.mean, info.std, augment_pad=info.augment_pad,
-                           flip=True),
-        test=ArrayDataset(x_test, y_test, info.mean, info.std),
-        num_classes=info.num_classes,
-        name=info.name,
-    )
+    return cached_splits(CIFAR10, folder, splits)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedprune.data.base import ArrayDataset, DatasetSplits
-from fedprune.data.cache import DecodeCache, SplitSource, cache_dir, decode_images, list_files
+from fedprune.data.base import DatasetSplits
+from fedprune.data.cache import SplitSource, cached_splits, decode_images, list_files
 from fedprune.data.catalog import CINIC10, locate
 from fedprune.errors import DataError
 
@@ -92,14 +92,4 @@ def load_cinic10(
     horizontal flips; both splits are normalised with CINIC-10's channel statistics.
     """
     folder, splits = sources(root, include_valid)
-    cache = DecodeCache(cache_dir(folder.parent), CINIC10.name)
-    x_train, y_train = cache.get(folder, splits["train"])
-    x_test, y_test = cache.get(folder, splits["test"])
-    info = CINIC10
-    return DatasetSplits(
-        train=ArrayDataset(x_train, y_train, info.mean, info.std, augment_pad=info.augment_pad,
-                           flip=True),
-        test=ArrayDataset(x_test, y_test, info.mean, info.std),
-        num_classes=info.num_classes,
-        name=info.name,
-    )
+    return cached_splits(CINIC10, folder, splits)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedprune.data.base import ArrayDataset, DatasetSplits
-from fedprune.data.cache import DecodeCache, SplitSource, cache_dir, decode_images, list_files
+from fedprune.data.base import DatasetSplits
+from fedprune.data.cache import SplitSource, cached_splits, decode_images, list_files
 from fedprune.data.catalog import TINYIMAGENET, locate
 from fedprune.errors import DataError
 
@@ -117,15 +117,4 @@ def load_tinyimagenet(root: str | os.PathLike[str] | None = None) -> DatasetSpli
     else ``~/.cache/fedprune/data``). Decoded once into the cache.
     """
     folder, splits = sources(root)
-    cache = DecodeCache(cache_dir(folder.parent), TINYIMAGENET.name)
-    x_train, y_train = cache.get(folder, splits["train"])
-    x_test, y_test = cache.get(folder, splits["test"])
-    info = TINYIMAGENET
-    num_classes = len(read_wnids(folder))
-    return DatasetSplits(
-        train=ArrayDataset(x_train, y_train, info.mean, info.std, augment_pad=info.augment_pad,
-                           flip=True),
-        test=ArrayDataset(x_test, y_test, info.mean, info.std),
-        num_classes=num_classes,
-        name=info.name,
-    )
+    return cached_splits(TINYIMAGENET, folder, splits, len(read_wnids(folder)))
