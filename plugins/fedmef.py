@@ -12,7 +12,10 @@ position of an output channel has the same raw gradient, which would make top-|g
 degenerate. The engine asks layers for that weight through ``capture_effective_weight``.
 
 SAP's gamma defaults to 0.5 here, the low end of the authors' code defaults (0.5-0.7); the
-paper's value is not confirmed. ``-o sap.gamma=0.7`` is the setting MEMORY.md measured.
+paper's value is not confirmed; on the digits default 0.5 and 0.7 differ within seed noise.
+``-o sap.gamma=0.7`` saves more (docs/memory.md). SAP pays off only where nothing else keeps the
+full conv input: in ResNet18 the in-place ReLU keeps it, so there ``fedmef+bitact`` (1-bit
+activations) is the memory-efficient form; measured footprints are in docs/memory.md.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class BaE:
     def norm(self) -> float:
         """||theta_low||_2 at the current weights."""
         with torch.no_grad():
-            return math.sqrt(sum(float(_sq_norm(w, i)) for w, i in self._marked.values()))
+            return math.sqrt(float(sum(_sq_norm(w, i) for w, i in self._marked.values())))
 
     def penalty(self, model: torch.nn.Module) -> torch.Tensor | None:
         if not self._marked or self.lam == 0:

@@ -13,8 +13,9 @@ weight-sized tensors per layer for backward, and the convolution keeps W^ itself
 ``recompute=True`` (the default) the standardisation and the convolution form one autograd
 function that saves only the input, the raw weight, the gain, the mask (parameters and the
 engine's mask: nothing weight-sized of its own) and four per-channel statistics, and recomputes W^
-in backward, with a closed-form gradient of the standardisation. `conv2d_function` is that function; SAP reuses it with its
-compressed input, so a SAP + NSConv layer also saves nothing weight-sized.
+in backward, with a closed-form gradient of the standardisation. `conv2d_function` is that
+function; SAP reuses it with its compressed input, so a SAP + NSConv layer also saves nothing
+weight-sized.
 
 Growth: the engine scores growth candidates by the gradient w.r.t. the weight a layer actually
 uses. Through the standardisation every pruned position of an output channel gets the same raw

@@ -79,7 +79,7 @@ class SAP:
         threshold: str = "estimate",
         values: str = "float32",
         linear: bool = False,
-        sample: int = 65536,
+        sample: int = 262144,
         seed: int = 0,
     ) -> None:
         self.gamma = float(gamma)
@@ -151,9 +151,10 @@ class SAP:
             return magnitude.kthvalue(drop).values
         if self._generator is None:
             self._generator = torch.Generator().manual_seed(self.seed)
-        block = n // self.sample
-        offsets = torch.randint(block, (self.sample,), generator=self._generator)
-        index = torch.arange(self.sample) * block + offsets
+        # Jittered stride: one uniformly random entry in each of `sample` equal spans.
+        position = torch.arange(self.sample, dtype=torch.float32)
+        position += torch.rand(self.sample, generator=self._generator)
+        index = (position * (n / self.sample)).long().clamp_(max=n - 1)
         sample = magnitude[index.to(magnitude.device)]
         k = min(max(round(self.gamma * self.sample), 1), self.sample)
         return sample.kthvalue(k).values
@@ -183,7 +184,8 @@ class SAP:
         values, packed = saved
         n = math.prod(shape)
         out = torch.zeros(n, dtype=dtype, device=values.device)
-        return out.masked_scatter_(unpack_bits(packed, n), values.to(dtype)).view(shape)
+        out[unpack_bits(packed, n)] = values.to(dtype)
+        return out.view(shape)
 
 
 # ----------------------------------------------------------------------------------- layers

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from fedprune_plugins.nsconv import NSConv2d
 from torch import nn
 
 from fedprune.cli_memory import FIELDS, memory
@@ -15,6 +14,7 @@ from fedprune.engine.build import bind_masks, build_base_model
 from fedprune.engine.config import RunConfig
 from fedprune.errors import FedpruneError
 from fedprune.memory import MemoryReport, SavedTensorMeter, measure_method, measure_training_step
+from fedprune_plugins.nsconv import NSConv2d
 
 TINY = ["--model", "cnn", "--input-shape", "1,8,8", "--batch-size", "4", "--threads", "1"]
 

@@ -7,6 +7,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from fedprune.memory import SavedTensorMeter
+from fedprune.testing import check_component
 from fedprune_plugins import compact_activations
 from fedprune_plugins.compact_activations import (
     BitAct,
@@ -16,16 +22,15 @@ from fedprune_plugins.compact_activations import (
     pack_bits,
     unpack_bits,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from fedprune.memory import SavedTensorMeter
 
 
 def test_registered_as_activation_compressor():
     (component,) = compact_activations.fedprune_activation_compressors()
     assert component.name == "bitact" and component.options() == {}
+
+
+def test_meets_the_activation_compressor_contract(fedprune_pm):
+    check_component(fedprune_pm, "bitact")
 
 
 @settings(max_examples=50, deadline=None)

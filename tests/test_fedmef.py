@@ -10,8 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from fedprune_plugins.fedmef import BaE
-from fedprune_plugins.sparse import Magnitude
 from torch import nn
 
 from fedprune import masks as M
@@ -28,6 +26,8 @@ from fedprune.engine.events import ClientContext
 from fedprune.engine.simulation import Simulation
 from fedprune.errors import FedpruneError
 from fedprune.seeding import torch_generator
+from fedprune_plugins.fedmef import BaE
+from fedprune_plugins.sparse import Magnitude
 
 TINY = {"cnn.width": 4}
 

@@ -7,6 +7,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from fedprune.errors import FedpruneError
+from fedprune.memory import SavedTensorMeter
+from fedprune.testing import check_component
 from fedprune_plugins import nsconv
 from fedprune_plugins.nsconv import (
     ConvSpec,
@@ -16,12 +23,6 @@ from fedprune_plugins.nsconv import (
     standardize,
     standardize_backward,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from fedprune.errors import FedpruneError
-from fedprune.memory import SavedTensorMeter
 
 
 def _block() -> nn.Module:
@@ -47,6 +48,11 @@ def test_registered_as_model_transform():
     (component,) = nsconv.fedprune_model_transforms()
     assert component.name == "nsconv"
     assert component.options() == {"stats": "all", "recompute": True}
+
+
+@pytest.mark.parametrize("options", [{}, {"stats": "active"}, {"recompute": False}])
+def test_meets_the_model_transform_contract(fedprune_pm, options):
+    check_component(fedprune_pm, "nsconv", options)
 
 
 def test_transform_keeps_parameters_names_and_rng():

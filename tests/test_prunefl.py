@@ -8,8 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from fedprune_plugins import prunefl
-from fedprune_plugins.prunefl import AdaptivePruneFL, objective, reconfigure
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sparse_components import Recorder, make_simulation, plugin_manager
@@ -18,6 +16,8 @@ from fedprune import masks as M
 from fedprune.engine.config import RunConfig
 from fedprune.errors import FedpruneError
 from fedprune.testing import TinyFederation, check_mask_policy, check_method
+from fedprune_plugins import prunefl
+from fedprune_plugins.prunefl import AdaptivePruneFL, objective, reconfigure
 
 FAST = settings(max_examples=40, deadline=None)
 

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fedprune_plugins import sparse
-from fedprune_plugins.sparse import Cosine, SquaredGradientGrowth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -36,6 +34,8 @@ from fedprune.plugins import PluginManager
 from fedprune.registry import Method
 from fedprune.seeding import numpy_generator
 from fedprune.testing import host_plugin_manager
+from fedprune_plugins import sparse
+from fedprune_plugins.sparse import Cosine, SquaredGradientGrowth
 
 FAST = settings(max_examples=40, deadline=None)
 
