@@ -57,6 +57,10 @@ class PluginManager(pluggy.PluginManager):
         self._registry = None
         return super().unregister(plugin, name)
 
+    def set_distribution(self, name: str, distribution: str, version: str) -> None:
+        """Record which distribution (and version) provides plugin ``name``."""
+        self._dists[name] = (distribution, version)
+
     def load_entry_points(self, autoload: bool | None = None) -> None:
         """Register every plugin of the ``fedprune`` entry-point group.
 
@@ -84,7 +88,7 @@ class PluginManager(pluggy.PluginManager):
                 )
                 continue
             self.register(plugin, name=ep.name)
-            self._dists[ep.name] = (dist, version)
+            self.set_distribution(ep.name, dist, version)
 
     @property
     def registry(self) -> Registry:
@@ -143,7 +147,7 @@ def get_plugin_manager(autoload: bool | None = None) -> PluginManager:
 
     pm = PluginManager()
     pm.register(builtins, name="builtins")
-    pm._dists["builtins"] = (HOST_DISTRIBUTION, _version())
+    pm.set_distribution("builtins", HOST_DISTRIBUTION, _version())
     pm.load_entry_points(autoload)
     return pm
 

@@ -116,8 +116,8 @@ def load_entry_point(pm: PluginManager, name: str) -> Any:
     plugin = ep.load()
     if not pm.has_plugin(name):
         pm.register(plugin, name=name)
-    if ep.dist is not None and hasattr(pm, "_dists"):
-        pm._dists[name] = (ep.dist.name, ep.dist.version)
+    if ep.dist is not None:
+        pm.set_distribution(name, ep.dist.name, ep.dist.version)
     return plugin
 
 
