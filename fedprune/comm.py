@@ -1,31 +1,30 @@
 """Communication accounting that is honest about sparsity.
 
-A masked tensor travels as its non-zero values plus the cheaper of a bitmap and int32 indices
-for their positions; positions are only sent when the receiver does not already know the mask.
+A masked tensor travels in the cheapest storage format for its density (dense, a bitmap plus
+values, or values plus int32 indices: `fedprune.memory.storage_bytes`, the same accounting as the
+memory report); its positions are only sent when the receiver does not already know the mask.
 Dense tensors travel as they are.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 
-INDEX_BYTES = 4
+from fedprune.memory import format_bytes, storage_bytes
 
 
 def positions_bytes(numel: int, nnz: int) -> int:
     """Bytes to say which ``nnz`` of ``numel`` positions are present: bitmap or int32 indices."""
-    return min(math.ceil(numel / 8), nnz * INDEX_BYTES)
+    return min(format_bytes(f, numel, nnz, (numel,), value_bits=0) for f in ("bitmap", "coo"))
 
 
 def sparse_bytes(numel: int, nnz: int, value_bytes: int = 4, positions: bool = True) -> int:
     """Bytes of a tensor with ``nnz`` present values, never more than sending it dense."""
-    dense = numel * value_bytes
     if not positions:
-        return min(dense, nnz * value_bytes)
-    return min(dense, nnz * value_bytes + positions_bytes(numel, nnz))
+        return min(numel, nnz) * value_bytes
+    return storage_bytes(numel, nnz, (numel,), value_bits=8 * value_bytes)[1]
 
 
 def state_bytes(

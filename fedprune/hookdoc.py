@@ -33,6 +33,18 @@ def hook_specs() -> list[tuple[str, object]]:
     ]
 
 
+def _hook_section(hooks, kind_of: dict[str, str]) -> list[str]:
+    """Summary-table rows, then one section per hook (with its kind, for registration hooks)."""
+    rows, sections = [], []
+    for name, func in hooks:
+        kind = f" `{kind_of[name]}` |" if name in kind_of else ""
+        rows.append(f"| [`{name}`](#{name}) |{kind} {_summary(func)} |")
+        suffix = f", kind `{kind_of[name]}`" if name in kind_of else ""
+        sections += [f"### {name}", "", f"`{_signature(name, func)}`{suffix}", ""]
+        sections += [rst_to_markdown(inspect.getdoc(func) or "").strip(), ""]
+    return rows + [""] + sections
+
+
 def rst_to_markdown(text: str) -> str:
     """The subset of reST the hookspec docstrings use: ``literal`` and ``Example::`` blocks."""
     lines = inspect.cleandoc(text).splitlines()
@@ -119,19 +131,9 @@ def render() -> str:
         "| hook | registers records of kind | summary |",
         "|---|---|---|",
     ]
-    for name, func in registration:
-        out.append(f"| [`{name}`](#{name}) | `{kind_of[name]}` | {_summary(func)} |")
-    out.append("")
-    for name, func in registration:
-        out += [f"### {name}", "", f"`{_signature(name, func)}`, kind `{kind_of[name]}`", ""]
-        out += [rst_to_markdown(inspect.getdoc(func) or "").strip(), ""]
+    out += _hook_section(registration, kind_of)
     out += ["## Lifecycle hooks", "", "| hook | summary |", "|---|---|"]
-    for name, func in lifecycle:
-        out.append(f"| [`{name}`](#{name}) | {_summary(func)} |")
-    out.append("")
-    for name, func in lifecycle:
-        out += [f"### {name}", "", f"`{_signature(name, func)}`", ""]
-        out += [rst_to_markdown(inspect.getdoc(func) or "").strip(), ""]
+    out += _hook_section(lifecycle, {})
     out += ["## Records", ""]
     out += _record("fedprune.Component", Component)
     out += _record("fedprune.Method", Method)

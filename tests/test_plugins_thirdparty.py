@@ -8,6 +8,7 @@ plugin and one that registers a name twice, so entry-point discovery runs for re
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 import warnings
@@ -29,8 +30,10 @@ try:
 except metadata.PackageNotFoundError:
     SNIP = None
 
+# scripts/setup.sh installs the example plugin, so under CI these tests always run (a missing
+# install fails them there); a developer's bare environment may lack it.
 needs_snip = pytest.mark.skipif(
-    SNIP is None,
+    SNIP is None and not os.environ.get("CI"),
     reason="the example plugin is not installed: pip install ./examples/fedprune-snip",
 )
 
