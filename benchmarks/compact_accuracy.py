@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from fedprune.bench import run_bench
+from fedprune.bench import BenchPlan, run_bench
 from fedprune.engine.config import RunConfig
 from fedprune.plugins import get_plugin_manager
 
@@ -50,7 +50,8 @@ def run_arm(
     """Final accuracy per seed of one arm (a bench of its one method over ``seeds``)."""
     spec, own = ARMS[arm]
     config = RunConfig(**settings, options={**options, **own})
-    results = run_bench(get_plugin_manager(), [spec], config, list(seeds), output / arm)
+    plan = BenchPlan((spec,), tuple(seeds), (config,))
+    results = run_bench(get_plugin_manager(), plan, output / arm, overwrite=True)
     failed = [r for r in results if r.get("status") != "ok"]
     if failed:
         raise SystemExit(f"{arm}: {failed[0]['method']} seed {failed[0]['seed']} failed: "

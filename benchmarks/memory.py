@@ -1,11 +1,11 @@
 """Measured client training footprint: FedMef against FedDST, PruneFL and FedAvg.
 
-For every model, input size and density, each method's client model is built exactly as
-``fedprune bench`` builds it (one base model per model and input size, so every method starts from
-the same weights) and one SGD step on a random batch is measured with
-`fedprune.memory.measure_method`: parameters in their cheapest sparse format plus the bytes
-autograd saves for backward (deduplicated by storage). That sum is the footprint this line of work
-reports; see docs/memory.md.
+For every model, input size and density, each method's client is prepared by the bench's own
+pipeline (`fedprune.engine.prepare`; one federation per model and input size, so every method
+starts from the same weights) and one SGD step on a batch of random images is measured with
+`fedprune.engine.prepare.measure_memory`: parameters in their cheapest sparse format plus the
+bytes autograd saves for backward (deduplicated by storage). That sum is the footprint this
+line of work reports; see docs/memory.md.
 
 Methods (default): ``fedavg`` (dense), ``prunefl`` and ``feddst`` (the sparse baselines, BatchNorm
 models as the papers train them), ``feddst+bitact`` (FedDST with 1-bit ReLU/ReLU6, the generic
@@ -24,15 +24,16 @@ Run: ``python benchmarks/memory.py`` (all; tens of minutes on 2 CPU cores), or r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
 import torch
 
-from fedprune.engine.build import build_base_model
+from fedprune.data.synthetic import load_synthetic
 from fedprune.engine.config import RunConfig
-from fedprune.memory import measure_method
+from fedprune.engine.prepare import make_federation, measure_memory, prepare
 from fedprune.plugins import get_plugin_manager
 
 MiB = 2**20
@@ -83,7 +84,9 @@ def measure_all(args: argparse.Namespace) -> list[dict]:
             shape = (3, size, size)
             classes = args.num_classes or (200 if size >= 64 else 10)
             config = RunConfig(model=model, batch_size=args.batch_size, options=options)
-            base = build_base_model(pm.registry, config, classes, shape, args.seed)
+            data = load_synthetic(shape, classes, size=10 * args.batch_size)
+            shared = make_federation(pm.registry, config, args.seed, data)
+            batch = shared.memory_batch()
             dense_done: dict[str, dict] = {}
             for density in args.densities:
                 for spec in args.methods:
@@ -92,10 +95,10 @@ def measure_all(args: argparse.Namespace) -> list[dict]:
                         records.append({**dense_done[spec], "density": density})
                         continue
                     start = time.perf_counter()
-                    report = measure_method(
-                        pm, spec, config, shape, density=density, seed=args.seed,
-                        num_classes=classes, base_model=base,
-                    )
+                    federation = dataclasses.replace(
+                        shared, config=dataclasses.replace(config, density=density))
+                    run = prepare(pm.registry, pm.registry.method(spec), federation)
+                    report = measure_memory(run, batch)
                     record = {
                         "model": model, "input": f"{size}x{size}", "density": density,
                         "method": spec, "classes": classes, **report.as_dict(),

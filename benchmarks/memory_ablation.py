@@ -48,17 +48,11 @@ from torch import Tensor, nn
 
 from fedprune import masks as M
 from fedprune.bench import resolve_methods
-from fedprune.engine.build import (
-    bind_masks,
-    build_base_model,
-    build_parts,
-    initial_masks,
-    method_model,
-)
+from fedprune.data.synthetic import load_synthetic
 from fedprune.engine.config import RunConfig
+from fedprune.engine.prepare import Federation, make_federation, prepare
 from fedprune.memory import measure_training_step
 from fedprune.plugins import PluginManager, get_plugin_manager
-from fedprune.seeding import torch_generator
 
 MiB = 2**20
 
@@ -127,15 +121,22 @@ def uses_sap(pm: PluginManager, spec: str) -> bool:
     return "sap" in pm.registry.method(spec).activation_compressors
 
 
+def federation(
+    pm: PluginManager, run: Mapping[str, Any], shape: Sequence[int], num_classes: int, seed: int
+) -> Federation:
+    """Random images of ``shape`` split over clients, and the base model: shared by variants."""
+    data = load_synthetic(tuple(shape), num_classes, size=max(640, 10 * run["batch_size"]))
+    return make_federation(pm.registry, RunConfig(**run), seed, data)
+
+
 def build_client(
     pm: PluginManager,
     variant: Variant,
     gamma: float | None,
-    base: nn.Module,
+    shared: Federation,
     run: Mapping[str, Any],
-    seed: int,
 ) -> Client:
-    """The variant's client model, built as `fedprune.memory.measure_method` builds it.
+    """The variant's client, prepared by the bench's own pipeline (`fedprune.engine.prepare`).
 
     ``run`` holds the RunConfig fields shared by every variant (model, batch size, density,
     options such as the model's own); the variant's options and the gamma are added on top.
@@ -144,23 +145,9 @@ def build_client(
     if gamma is not None:
         options["sap.gamma"] = gamma
     config = RunConfig(**{**run, "options": options})
-    (method,) = resolve_methods(pm, [variant.spec], config)
-    parts = build_parts(pm.registry, method, config)
-    model = method_model(base, parts)
-    masks = initial_masks(model, parts, config.density, seed)
-    if masks is not None:
-        M.apply_masks(dict(model.named_parameters()), masks)
-    bind_masks(model, masks)
-    return Client(variant, gamma, model, masks, config)
-
-
-def random_batch(
-    shape: Sequence[int], batch: int, num_classes: int, seed: int
-) -> tuple[Tensor, Tensor]:
-    """The batch `fedprune.memory.measure_method` draws (sizes, not values, set the memory)."""
-    generator = torch_generator(seed, "memory-batch")
-    x = torch.randn((batch, *shape), generator=generator)
-    return x, torch.randint(num_classes, (batch,), generator=generator)
+    (method,) = resolve_methods(pm, [variant.spec], [config])
+    prepared = prepare(pm.registry, method, dataclasses.replace(shared, config=config))
+    return Client(variant, gamma, prepared.model, prepared.masks, config)
 
 
 def train_step(client: Client, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -241,8 +228,8 @@ def ablate(
     shape = tuple(int(v) for v in input_shape)
     run = {"model": model, "batch_size": batch_size, "density": density,
            "options": dict(options or {})}
-    base = build_base_model(pm.registry, RunConfig(**run), num_classes, shape, seed)
-    x, y = random_batch(shape, batch_size, num_classes, seed)
+    shared = federation(pm, run, shape, num_classes, seed)
+    x, y = shared.memory_batch()
     pairs = [(v, g) for v in variants for g in (gammas if uses_sap(pm, v.spec) else (None,))]
     timed = [(v, g) for v, g in pairs if repeats > 0 and (g is None or g in time_gammas)]
 
@@ -252,7 +239,7 @@ def ablate(
         for i in range(len(pairs)):
             variant, gamma = pairs[(r + i) % len(pairs)]
             key = (variant.key, gamma)
-            client = clients.get(key) or build_client(pm, variant, gamma, base, run, seed)
+            client = clients.get(key) or build_client(pm, variant, gamma, shared, run)
             start = time.perf_counter()
             report = measure_training_step(
                 client.model, x, y, client.masks, lr=client.config.lr,

@@ -31,9 +31,9 @@ from torch import nn
 from fedprune.memory import SavedTensorMeter
 from fedprune.models.mobilenet import mobilenetv2
 from fedprune.models.resnet import resnet18
-from fedprune_plugins.compact_activations import BitAct
-from fedprune_plugins.nsconv import NSConv
-from fedprune_plugins.sap import SAP
+from fedprune_plugins.components.bitact import BitAct
+from fedprune_plugins.components.nsconv import NSConv
+from fedprune_plugins.components.sap import SAP
 
 MODELS = {"resnet18": resnet18, "mobilenetv2": mobilenetv2}
 

@@ -1,7 +1,8 @@
-"""The core's own registrations: datasets, models and partitioners.
+"""The core's own registrations: datasets, models, partitioners and the ``fixed`` strategy.
 
 Method parts live in ``plugins/`` (package ``fedprune_plugins``) and load through entry points
-like any third-party plugin; what is registered here is infrastructure every method shares.
+like any third-party plugin; what is registered here is infrastructure every method shares,
+plus ``fixed``, the strategy of a sparse method that names none (masks never change).
 Factories import their modules lazily, so listing plugins stays fast.
 """
 
@@ -41,7 +42,19 @@ def fedprune_datasets():
         Component("cifar10", _cifar10, "CIFAR-10, python pickled batches, 32x32, 10 classes"),
         Component("cinic10", _cinic10, "CINIC-10, PNG folders, 32x32, 10 classes"),
         Component("tinyimagenet", _tinyimagenet, "TinyImageNet-200, JPEG folders, 64x64"),
+        Component("synthetic", _synthetic, "random normal images of any shape (memory, speed)"),
     ]
+
+
+def _synthetic(root=None, shape="3,32,32", classes=10, size=640, test_size=64, seed=0):
+    from fedprune.data.synthetic import load_synthetic
+
+    return load_synthetic(shape, classes, size, test_size, seed)
+
+
+@hookimpl
+def fedprune_strategies():
+    return [Component("fixed", "fedprune.contracts:Strategy", "masks never change")]
 
 
 def _cnn(num_classes, input_shape, width=32):

@@ -8,20 +8,35 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from fedprune.data.cache import DecodeCache, cache_dir
+from fedprune.data import download as dl
+from fedprune.data.cache import CorruptCache, DecodeCache, cache_dir
 from fedprune.data.catalog import DATASETS, get_info, layout_problem, resolve_root, root_origin
 from fedprune.errors import FedpruneError
 
 NAMES = click.Choice(sorted(DATASETS))
 MISSING = "[red]missing[/]"
 ROOT_HELP = "data root (default: $FEDPRUNE_DATA, else ~/.cache/fedprune/data)"
+CACHE_STATES = {"stale": "outdated", "none": "not built"}
 
 
 def _loader(name: str):
     return importlib.import_module(f"fedprune.data.{name}")
+
+
+def _checked(check):
+    """A click callback running ``check`` on the option's value: a bad value is a usage error."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        try:
+            return None if value is None else check(value)
+        except FedpruneError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
 @click.group("data")
@@ -33,28 +48,35 @@ def data() -> None:
 @click.argument("name", type=NAMES)
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help=ROOT_HELP)
 @click.option(
-    "--url",
-    help="download from this URL instead of the official one (also $FEDPRUNE_<NAME>_URL)",
+    "--url", callback=_checked(dl.check_url),
+    help="download from this http(s):// or file:// URL instead of the official one (also "
+    "$FEDPRUNE_<NAME>_URL)",
 )
-@click.option("--md5", help="expected MD5 of the archive, replacing the catalog's checksum")
+@click.option("--md5", callback=_checked(dl.check_md5),
+              help="expected MD5 of the archive, replacing the catalog's checksum")
 @click.option("--keep-archive", is_flag=True, help="keep the archive after extracting it")
 @click.option("--retries", type=click.IntRange(0), default=3, show_default=True,
               help="retries of an interrupted transfer (each resumes where it stopped)")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=dl.TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="longest wait to connect or for more data; a second timeout gives up")
+@click.option("--max-extract-bytes", type=click.IntRange(1), default=dl.MAX_EXTRACT_BYTES,
+              show_default=True, help="refuse an archive that would extract to more bytes")
+@click.option("--max-files", type=click.IntRange(1), default=dl.MAX_FILES, show_default=True,
+              help="refuse an archive with more members")
 def download(
     name: str, root: Path | None, url: str | None, md5: str | None, keep_archive: bool,
-    retries: int,
+    retries: int, timeout: float, max_extract_bytes: int, max_files: int,
 ) -> None:
     """Download NAME, verify its checksum and extract it under the data root.
 
     Resumable (an interrupted download continues on the next call) and idempotent (a dataset
     already present is left alone).
     """
-    from fedprune.data.download import download_dataset
-
     console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), console=console, transient=True,
+        TransferSpeedColumn(), console=console, transient=True, disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task(f"{name}", total=None)
 
@@ -62,8 +84,9 @@ def download(
             bar.update(task, completed=done, total=total)
 
         try:
-            result = download_dataset(
+            result = dl.download_dataset(
                 name, root, url=url, md5=md5, keep_archive=keep_archive, retries=retries,
+                timeout=timeout, max_extract_bytes=max_extract_bytes, max_files=max_files,
                 progress=progress,
             )
         except FedpruneError as exc:
@@ -88,7 +111,7 @@ def prepare(name: str, root: Path | None) -> None:
 
 
 def _describe(name: str, root: Path | None) -> tuple[str, str, str, str]:
-    """(status, location, images per split, cache state) of one dataset."""
+    """(status, location, images per split, cache state) of one dataset, as rich markup."""
     info = get_info(name)
     base = resolve_root(root)
     try:
@@ -96,25 +119,30 @@ def _describe(name: str, root: Path | None) -> tuple[str, str, str, str]:
     except FedpruneError as exc:
         folder = base / info.folder
         if not folder.exists() and layout_problem(info, base) is not None:
-            return MISSING, str(folder), "-", "-"
-        return f"[yellow]unusable[/]: {exc}", str(folder), "-", "-"
+            return MISSING, escape(str(folder)), "-", "-"
+        return _unusable(exc, folder)
     cache = DecodeCache(cache_dir(folder.parent), name)
     counts, states = [], []
     for source in sources.values():
         try:
             key = cache.key(folder, source)
             state = cache.state(source.split, key)
-            cached = cache.load(source.split, key, source.shape) if state == "fresh" else None
+            try:
+                cached = cache.load(source, key) if state == "fresh" else None
+            except CorruptCache as exc:
+                cached, state = None, f"unusable ({exc.problem}), decoded again on the next load"
             n = len(cached[1]) if cached is not None else source.count()
         except FedpruneError as exc:
-            return f"[yellow]unusable[/]: {exc}", str(folder), "-", "-"
+            return _unusable(exc, folder)
         counts.append(f"{source.split} {n:,}")
         if state == "fresh":
-            mib = cache.nbytes(source.split, key) / 2**20
-            states.append(f"{source.split}: built ({mib:,.1f} MiB)")
-        else:
-            states.append(f"{source.split}: {'outdated' if state == 'stale' else 'not built'}")
-    return "[green]present[/]", str(folder), ", ".join(counts), "; ".join(states)
+            state = f"built ({cache.nbytes(source.split, key) / 2**20:,.1f} MiB)"
+        states.append(f"{source.split}: {CACHE_STATES.get(state, state)}")
+    return "[green]present[/]", escape(str(folder)), ", ".join(counts), escape("; ".join(states))
+
+
+def _unusable(exc: Exception, folder: Path) -> tuple[str, str, str, str]:
+    return f"[yellow]unusable[/]: {escape(str(exc))}", escape(str(folder)), "-", "-"
 
 
 @data.command("info")

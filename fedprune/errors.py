@@ -13,3 +13,16 @@ class PluginError(FedpruneError):
 
 class DataError(FedpruneError):
     """A dataset is missing, corrupt or laid out wrongly."""
+
+
+class Diverged(FedpruneError):
+    """Training produced a non-finite loss or weight; the run stops and says in which round."""
+
+    def __init__(self, message: str, round: int | None = None) -> None:
+        super().__init__(message)
+        self.round = round
+
+
+class UsageError(FedpruneError):
+    """The command line asks for something impossible (a bad value, an unusable output
+    directory): the CLI exits 2, as for any usage error."""

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 from fedprune import hookspecs
-from fedprune.registry import KIND_HOOKS, Component, Method
+from fedprune.registry import KINDS, SLOT_KINDS, Component, Method
 
 COMMAND = "python -m fedprune.hookdoc --write docs/hooks.md"
 
@@ -107,12 +107,43 @@ def _record(title: str, cls) -> list[str]:
     return [f"### {title}", "", doc, "", *_fields(cls), ""]
 
 
+def _method_record() -> list[str]:
+    rows = ["| keyword | holds | kind |", "|---|---|---|"]
+    for slot, kind in SLOT_KINDS.items():
+        holds = "a sequence of names" if kind.many else "a name"
+        default = f" (default `{kind.default}`)" if kind.default else ""
+        rows.append(f"| `{slot}` | {holds}{default} | `{kind.name}` |")
+    rows += ["| `sparse` | bool (default `True`) | |", "| `options` | mapping | |"]
+    doc = rst_to_markdown(Method.__doc__ or "").strip()
+    return ["### fedprune.Method", "", doc, "", *rows, ""]
+
+
+def _contract(cls) -> list[str]:
+    """A component base class: its doc, then each method and declared attribute."""
+    out = [f"### fedprune.{cls.__name__}", "", rst_to_markdown(cls.__doc__ or "").strip(), ""]
+    for name, member in vars(cls).items():
+        if name.startswith("_") or name == "required":
+            continue
+        if inspect.isfunction(member):
+            doc = inspect.getdoc(member)
+            line = f"- `{name}{inspect.signature(member)}`"
+            out.append(line + (f": {_inline(doc.splitlines()[0])}" if doc else ""))
+        elif not callable(member):
+            out.append(f"- `{name} = {member!r}` (class attribute)")
+    required = getattr(cls, "required", ())
+    if required:
+        out.append(f"- must define: {', '.join(f'`{n}`' for n in required)}")
+    return out + [""]
+
+
 def render() -> str:
     """The whole page."""
+    from fedprune import contracts
     from fedprune.engine import events
     from fedprune.engine.config import RunConfig
+    from fedprune.ops import layers
 
-    kind_of = {f"fedprune_{suffix}": kind for kind, suffix in KIND_HOOKS.items()}
+    kind_of = {f"fedprune_{kind.hook}": kind.name for kind in KINDS}
     specs = hook_specs()
     registration = [(n, f) for n, f in specs if n in kind_of]
     lifecycle = [(n, f) for n, f in specs if n not in kind_of]
@@ -134,11 +165,19 @@ def render() -> str:
     out += _hook_section(registration, kind_of)
     out += ["## Lifecycle hooks", "", "| hook | summary |", "|---|---|"]
     out += _hook_section(lifecycle, {})
+    out += ["## Component contracts", "", rst_to_markdown(contracts.__doc__ or "").strip(), ""]
+    for kind in KINDS:
+        if kind.contract is not None:
+            out += _contract(kind.contract)
+    out += ["## Layer protocols", "", rst_to_markdown(layers.__doc__ or "").strip(), ""]
     out += ["## Records", ""]
     out += _record("fedprune.Component", Component)
-    out += _record("fedprune.Method", Method)
-    out += ["## Event objects", "", rst_to_markdown(events.__doc__ or "").strip(), ""]
-    for cls in (events.BenchInfo, events.RunInfo, events.ClientContext, events.ClientReport):
+    out += _method_record()
+    out += ["## Objects components and observers receive", "",
+            rst_to_markdown(events.__doc__ or "").strip(), ""]
+    for cls in (contracts.RoundPlan, contracts.ClientContext, contracts.ClientResult):
+        out += _record(f"fedprune.{cls.__name__}", cls)
+    for cls in (events.BenchInfo, events.RunInfo, events.ClientReport):
         out += _record(f"fedprune.engine.events.{cls.__name__}", cls)
     out += _record("fedprune.engine.config.RunConfig", RunConfig)
     return "\n".join(out).rstrip() + "\n"

@@ -154,27 +154,44 @@ def density(masks: Mapping[str, torch.Tensor]) -> float:
 # -------------------------------------------------------------------------------- prune and grow
 
 
+def _ranked(scores: torch.Tensor, worst: float) -> torch.Tensor:
+    """Flat scores in a floating dtype of their own precision, non-finite ones set to ``worst``
+    (a diverged run's NaN must never win a place in the mask)."""
+    flat = scores.flatten()
+    if not flat.is_floating_point():
+        flat = flat.double()
+    return torch.where(torch.isfinite(flat), flat, torch.full_like(flat, worst))
+
+
 def prune_and_grow(
-    mask: torch.Tensor, prune_scores: torch.Tensor, grow_scores: torch.Tensor, k: int
+    mask: torch.Tensor,
+    prune_scores: torch.Tensor,
+    grow_scores: torch.Tensor,
+    k: int,
+    regrow_pruned: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the ``k`` lowest-scoring active positions and grow the ``k`` inactive ones of largest
+    """Drop the ``k`` lowest-scoring active positions and grow ``k`` positions of largest
     ``|grow_scores|`` (signed scores such as aggregated gradients rank by magnitude).
 
     Growth candidates are the positions inactive before pruning, so prune and grow sets are
-    disjoint and the count of active weights is unchanged. Returns (new mask, grown positions).
+    disjoint, or with ``regrow_pruned`` every position inactive after pruning (RigL: a weight
+    just dropped may come straight back). Either way the count of active weights is unchanged.
+    Non-finite scores are pruned first and grown last. Returns (new mask, grown positions).
     """
     flat = mask.flatten()
     k = min(k, int(flat.sum()), int((~flat).sum()))
     if k <= 0:
         return mask.clone(), torch.zeros_like(mask)
-    inf = torch.tensor(float("inf"))
-    drop = torch.topk(torch.where(flat, prune_scores.flatten().float(), inf), k, largest=False)
-    grow = torch.topk(torch.where(flat, -inf, grow_scores.flatten().float().abs()), k)
+    inf = math.inf
+    prune = _ranked(prune_scores, -inf)
+    drop = torch.topk(torch.where(flat, prune, torch.full_like(prune, inf)), k, largest=False)
     new = flat.clone()
     new[drop.indices] = False
-    new[grow.indices] = True
-    grown = torch.zeros_like(flat)
-    grown[grow.indices] = True
+    grow = _ranked(grow_scores.abs(), -1.0)
+    candidates = ~new if regrow_pruned else ~flat
+    top = torch.topk(torch.where(candidates, grow, torch.full_like(grow, -inf)), k)
+    new[top.indices] = True
+    grown = new & ~flat
     return new.view_as(mask), grown.view_as(mask)
 
 
@@ -198,8 +215,8 @@ def keep_top(
     order = torch.arange(candidates.numel())
     keys = [k for k in (tiebreak, scores, candidates) if k is not None]  # least significant first
     for key in keys:
-        key = key.flatten()[order]
-        order = order[torch.argsort(key.float(), stable=True, descending=True)]
+        ranked = _ranked(key, -math.inf)[order]
+        order = order[torch.argsort(ranked, stable=True, descending=True)]
     return _from_indices(order[:count], candidates.shape)
 
 

@@ -16,8 +16,8 @@ different normalisation, an in-place activation) shows up in the numbers:
   the peak, because forward materialises each full activation briefly and backward rebuilds inputs.
 
 :func:`measure_training_step` runs one SGD step under all of them and returns a
-:class:`MemoryReport`; :func:`measure_method` does so for a method's client model, built exactly
-as a bench builds it.
+:class:`MemoryReport`. Building a method's client model to measure is the engine's business
+(`fedprune.engine.prepare`); this module only measures.
 """
 
 from __future__ import annotations
@@ -27,87 +27,26 @@ import ctypes
 import ctypes.util
 import dataclasses
 import gc
-import math
 import os
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.multiprocessing.reductions import StorageWeakRef
 
-if TYPE_CHECKING:
-    from fedprune.engine.config import RunConfig
-    from fedprune.plugins import PluginManager
-    from fedprune.registry import Method, Registry
+from fedprune.formats import format_bytes, storage_bytes
 
 __all__ = [
-    "FORMATS",
     "MemoryReport",
     "PeakRSS",
     "SavedTensorMeter",
     "account_saved",
-    "format_bytes",
-    "measure_method",
     "measure_training_step",
     "params_bytes",
-    "storage_bytes",
     "tensor_bytes",
 ]
-
-# Storage formats, in the order ties are broken (simplest first).
-FORMATS: tuple[str, ...] = ("dense", "bitmap", "coo", "csr")
-
-_INDEX_BYTES = 4  # int32 indices and row pointers
-
-
-def format_bytes(fmt: str, numel: int, nnz: int, shape: Sequence[int], value_bits: int = 32) -> int:
-    """Bytes to store a tensor of ``numel`` entries with ``nnz`` kept ones in format ``fmt``.
-
-    - ``dense``: every value.
-    - ``bitmap``: one bit per entry plus the kept values (n + m*b bits).
-    - ``coo``: the kept values plus one flat int32 index each.
-    - ``csr``: the tensor viewed as a matrix with ``shape[0]`` rows: the kept values, an int32
-      column index each, and ``rows + 1`` int32 row pointers.
-
-    Bit counts are rounded up to whole bytes per array.
-    """
-    if not 0 <= nnz <= numel:
-        raise ValueError(f"nnz must lie in [0, numel={numel}], got {nnz}")
-    values = math.ceil(nnz * value_bits / 8)
-    if fmt == "dense":
-        return math.ceil(numel * value_bits / 8)
-    if fmt == "bitmap":
-        return math.ceil(numel / 8) + values
-    if fmt == "coo":
-        return values + _INDEX_BYTES * nnz
-    if fmt == "csr":
-        rows = int(shape[0]) if len(shape) > 0 else 1
-        return values + _INDEX_BYTES * nnz + _INDEX_BYTES * (rows + 1)
-    raise ValueError(f"unknown storage format {fmt!r}; expected one of {FORMATS}")
-
-
-def storage_bytes(
-    numel: int, nnz: int, shape: tuple[int, ...], value_bits: int = 32
-) -> tuple[str, int]:
-    """The cheapest of :data:`FORMATS` for this tensor, as ``(format name, bytes)``.
-
-    Taking the cheapest, rather than the density ranges stated in FedMef's line of work (dense
-    d >= 0.9, bitmap 0.3 <= d < 0.9, COO 0.1 <= d < 0.3, CSR below), never costs more and adapts
-    to the value width b. The cheapest is dense for d >= 1 - 1/b, COO for d < 1/32 and the bitmap
-    in between; with 32-bit values: dense from d = 31/32, bitmap from d = 1/32. The two rules
-    agree on dense for d >= 31/32 and on the bitmap for 0.3 <= d < 0.9. They differ at the target
-    densities of this line of work (0.05 to 0.3): there the bitmap is cheapest, e.g. 0.525n bytes
-    at d = 0.1 against 0.8n for the ranges' COO (n entries). With flat int32 COO indices, CSR
-    always costs ``4 * (rows + 1)`` bytes more than COO, so it is never chosen; it stays in
-    :data:`FORMATS` so the formats can be compared by name.
-    """
-    costs = [(format_bytes(f, numel, nnz, shape, value_bits), i) for i, f in enumerate(FORMATS)]
-    best, index = min(costs)
-    return FORMATS[index], best
-
 
 def params_bytes(model: nn.Module, masks: Mapping[str, Tensor] | None = None) -> int:
     """Bytes of every parameter and buffer, masked parameters in their cheapest sparse format.
@@ -439,74 +378,3 @@ def measure_training_step(
         peak_rss_delta_bytes=rss.delta_bytes,
         cuda_peak_bytes=cuda_peak,
     )
-
-
-def measure_method(
-    plugins: PluginManager | Registry,
-    method: str | Method,
-    config: RunConfig,
-    input_shape: Sequence[int],
-    *,
-    batch_size: int | None = None,
-    density: float | None = None,
-    seed: int = 0,
-    num_classes: int = 10,
-    base_model: nn.Module | None = None,
-) -> MemoryReport:
-    """Measure one training step of ``method``'s client model on a random batch.
-
-    The model is built as a bench builds it (`fedprune.engine.build`): the base model of
-    ``config.model`` for ``seed`` (or ``base_model``, e.g. the bench's own, which is not
-    changed), the method's transforms and compressors with the recipe's options overridden by
-    ``config.options``, and its initial masks at ``density`` (default ``config.density``),
-    applied to the weights and bound to the layers that use them. The batch (``batch_size``,
-    default ``config.batch_size``) is standard normal noise with uniform labels, seeded:
-    activation sizes do not depend on the data, and SAP keeps a fixed fraction of any input.
-    Runs on ``config.device``. Raises `FedpruneError` for unknown names, bad options, bad shapes
-    and a model that cannot run on the input.
-    """
-    from fedprune import masks as M
-    from fedprune.engine.build import (
-        bind_masks,
-        build_base_model,
-        build_parts,
-        initial_masks,
-        method_model,
-    )
-    from fedprune.errors import FedpruneError
-    from fedprune.seeding import torch_generator
-
-    shape = tuple(int(v) for v in input_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise FedpruneError(f"input shape must be three positive sizes C,H,W, got {shape}")
-    batch = config.batch_size if batch_size is None else int(batch_size)
-    if batch < 1 or num_classes < 1:
-        raise FedpruneError("batch size and number of classes must be at least 1")
-    registry = getattr(plugins, "registry", plugins)
-    resolved = registry.method(method) if isinstance(method, str) else method
-    parts = build_parts(registry, resolved, config)
-    base = base_model
-    if base is None:
-        base = build_base_model(registry, config, num_classes, shape, seed)
-    model = method_model(base, parts)
-    masks = initial_masks(model, parts, config.density if density is None else density, seed)
-    device = torch.device(config.device)
-    generator = torch_generator(seed, "memory-batch")
-    inputs = torch.randn((batch, *shape), generator=generator)
-    targets = torch.randint(num_classes, (batch,), generator=generator)
-    try:
-        model.to(device)
-        inputs, targets = inputs.to(device), targets.to(device)
-        if masks is not None:
-            masks = {name: mask.to(device) for name, mask in masks.items()}
-            M.apply_masks(dict(model.named_parameters()), masks)
-        bind_masks(model, masks)
-        return measure_training_step(
-            model, inputs, targets, masks, lr=config.lr, momentum=config.momentum
-        )
-    except RuntimeError as exc:  # shapes the model cannot take, out of memory, a bad device
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FedpruneError(
-            f"{resolved.name}: one training step of model {config.model!r} on input "
-            f"{','.join(map(str, shape))} with batch {batch} failed: {first}"
-        ) from exc

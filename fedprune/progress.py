@@ -27,7 +27,8 @@ class RichProgress:
 
     @hookimpl
     def fedprune_run_start(self, run):
-        self.task = self.progress.add_task(run.run_name, total=run.config.rounds, status="")
+        self.task = self.progress.add_task(run.run_name, total=run.config.rounds, status="",
+                                           completed=run.resumed_from)
 
     @hookimpl
     def fedprune_round_end(self, run, round, metrics):
@@ -41,7 +42,8 @@ class RichProgress:
     @hookimpl
     def fedprune_run_end(self, run, result):
         if self.task is not None and result["status"] != "ok":
-            self.progress.update(self.task, status=f"[red]failed: {result['error'][:60]}")
+            why = result.get("error") or f"after round {result.get('round')}"
+            self.progress.update(self.task, status=f"[red]{result['status']}: {why[:60]}")
         self.task = None
 
     @hookimpl

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -45,14 +45,30 @@ from torch import nn
 
 from fedprune import hookimpl
 from fedprune import masks as M
-from fedprune.bench import run_bench
-from fedprune.engine.build import bind_masks
-from fedprune.engine.client import growth_gradients
-from fedprune.engine.config import RunConfig
-from fedprune.engine.events import ClientContext
+from fedprune.bench import BenchPlan, run_bench
+from fedprune.contracts import (
+    ActivationCompressor,
+    ClientContext,
+    GrowthCriterion,
+    MaskPolicy,
+    ModelTransform,
+    Partitioner,
+    PruningCriterion,
+    Regularizer,
+    RoundPlan,
+    Schedule,
+    adapt,
+)
+from fedprune.engine.config import MethodSettings, RunConfig
+from fedprune.engine.parts import MethodParts
 from fedprune.errors import FedpruneError, PluginError
+from fedprune.memory import SavedTensorMeter
+from fedprune.ops.layers import bind_masks, growth_gradients
 from fedprune.plugins import ENABLE_ENV, GROUP, PluginManager, get_plugin_manager
-from fedprune.registry import Component
+from fedprune.registry import KINDS, Component, Method
+
+if TYPE_CHECKING:
+    from fedprune.engine.simulation import Simulation
 
 __all__ = [
     "CHECKS",
@@ -69,11 +85,13 @@ __all__ = [
     "check_pruning_criterion",
     "check_regularizer",
     "check_schedule",
+    "check_strategy",
     "host_plugin_manager",
     "load_entry_point",
     "one_thread",
     "register_plugin",
     "tiny_config",
+    "tiny_simulation",
 ]
 
 
@@ -176,6 +194,10 @@ class EventRecorder:
     def names(self) -> list[str]:
         return [name for name, _ in self.events]
 
+    def of(self, name: str) -> list[dict[str, Any]]:
+        """The keyword arguments of every call of hook ``name``, in order."""
+        return [kwargs for hook, kwargs in self.events if hook == name]
+
     @hookimpl
     def fedprune_bench_start(self, bench):
         self.events.append(("fedprune_bench_start", {"bench": bench}))
@@ -207,6 +229,35 @@ class EventRecorder:
     @hookimpl
     def fedprune_bench_end(self, bench, results):
         self.events.append(("fedprune_bench_end", {"bench": bench, "results": results}))
+
+
+def tiny_simulation(
+    spec: str,
+    pm: PluginManager | None = None,
+    *,
+    config: RunConfig | None = None,
+    data: Any = None,
+    seed: int = 0,
+    recorder: EventRecorder | None = None,
+    **settings: Any,
+) -> Simulation:
+    """A `fedprune.engine.simulation.Simulation` of ``spec`` on ``config`` (default:
+    `tiny_config` with ``settings``), prepared exactly as a bench prepares it; ``recorder``
+    receives its events. Step it round by round (``sim.step(round, clients)``) or run it."""
+    from fedprune.data.digits import load_digits
+    from fedprune.engine.events import Observers
+    from fedprune.engine.prepare import make_federation, prepare
+    from fedprune.engine.simulation import Simulation
+
+    pm = pm or host_plugin_manager()
+    config = config or tiny_config(**settings)
+    federation = make_federation(pm.registry, config, seed, data or load_digits())
+    run = prepare(pm.registry, pm.registry.method(spec), federation)
+    observers = None
+    if recorder is not None:
+        pm.register(recorder, name=f"event-recorder-{id(recorder)}")
+        observers = Observers(pm.hook)
+    return Simulation(run, observers)
 
 
 @dataclass
@@ -245,8 +296,9 @@ class TinyFederation:
         threads = torch.get_num_threads()
         self.pm.register(recorder, name=f"event-recorder-{id(recorder)}")
         torch.set_num_threads(1)
+        plan = BenchPlan(tuple(specs), tuple(seeds or self.seeds), (config,))
         try:
-            return run_bench(self.pm, list(specs), config, list(seeds or self.seeds), output)
+            return run_bench(self.pm, plan, output)
         finally:
             torch.set_num_threads(threads)
             self.pm.unregister(recorder)
@@ -326,31 +378,45 @@ def one_thread() -> Iterator[None]:
 def _label(component: Any) -> str:
     if isinstance(component, Component):
         return f"{component.kind or 'component'} {component.name!r} (plugin {component.plugin!r})"
-    return repr(getattr(component, "__name__", component))
+    if inspect.isclass(component) or inspect.isfunction(component):
+        return repr(component.__name__)
+    return repr(type(component).__name__)
 
 
-def _build(component: Any, options: Mapping[str, Any] | None) -> Any:
-    """A fresh part: a record's or a factory's product, or the object itself."""
+def _build(component: Any, options: Mapping[str, Any] | None, contract: type | None = None) -> Any:
+    """A fresh part: a record's or a factory's product, or the object itself; adapted to
+    ``contract`` as the engine adapts it (a duck-typed part works, with a DeprecationWarning)."""
     options = dict(options or {})
     if isinstance(component, Component):
         return component.build(**options)
     if inspect.isclass(component) or inspect.isfunction(component):
-        return component(**options)
-    if options:
+        built = component(**options)
+    elif options:
         raise TypeError("options apply to a Component or a factory, not to a built object")
-    return component
+    else:
+        built = component
+    return built if contract is None else adapt(built, contract, _label(component))
 
 
 def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _tiny_model(seed: int, width: int = 4, channels: int = 3, classes: int = 3) -> nn.Module:
+def _tiny_model(
+    seed: int, width: int = 4, channels: int = 3, classes: int = 3, bn: bool = True
+) -> nn.Module:
+    """The small CNN (``bn=False``: without BatchNorm, so conv inputs are ReLU outputs and the
+    model input: where a compressor is expected to save memory)."""
     from fedprune.models.cnn import SmallCNN
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SmallCNN(classes, (channels, 8, 8), width)
+        model = SmallCNN(classes, (channels, 8, 8), width)
+    if not bn:
+        for i, module in enumerate(model):
+            if isinstance(module, nn.BatchNorm2d):
+                model[i] = nn.Identity()
+    return model
 
 
 def _model_masks(model: nn.Module, density: float, seed: int) -> dict[str, torch.Tensor]:
@@ -414,7 +480,7 @@ def check_pruning_criterion(
     @_settings(max_examples)
     @given(data=st.data())
     def run(data) -> None:
-        criterion = _build(component, options)
+        criterion = _build(component, options, PruningCriterion)
         shape = data.draw(_layer_shapes(), label="shape")
         weight = _tensor(data.draw, shape, "weight seed")
         grad = _tensor(data.draw, shape, "grad seed") if data.draw(st.booleans()) else None
@@ -442,9 +508,10 @@ def check_growth_criterion(
     component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 8
 ) -> None:
     """Driven like local training: ``begin(params)``, ``after_backward(params)`` after each step
-    (when defined), then ``scores(weights, grads)`` with the engine's growth gradients (and with
-    ``grads={}`` where ``uses_gradient`` is False): one finite tensor per layer, shaped like its
-    weight; prune-and-grow on them grows only inactive positions and keeps each layer's count."""
+    (when it ``observes_training``), then ``scores(weights, grads)`` with the engine's growth
+    gradients (and with ``grads={}`` where ``uses_gradient`` is False): one finite tensor per
+    layer, shaped like its weight; prune-and-grow on them grows only inactive positions and keeps
+    each layer's count."""
     label = _label(component)
 
     @_settings(max_examples, shrink=False)
@@ -456,11 +523,11 @@ def check_growth_criterion(
         fraction=st.sampled_from([0.05, 0.2, 0.5]),
     )
     def run(seed, width, density, steps, fraction) -> None:
-        growth = _build(component, options)
-        topk = getattr(growth, "upload_topk", False)
-        uses_gradient = getattr(growth, "uses_gradient", True)
-        assert isinstance(topk, bool), f"{label}: upload_topk must be a bool"
+        growth = _build(component, options, GrowthCriterion)
+        uses_gradient = growth.uses_gradient
         assert isinstance(uses_gradient, bool), f"{label}: uses_gradient must be a bool"
+        assert isinstance(growth.observes_training, bool), (
+            f"{label}: observes_training must be a bool")
         model = _tiny_model(seed, width)
         masks = _model_masks(model, density, seed)
         params = dict(model.named_parameters())
@@ -468,13 +535,13 @@ def check_growth_criterion(
         M.apply_masks(params, masks)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         generator = _seeded(seed)
-        if hasattr(growth, "begin"):
-            growth.begin(params)
+        growth.load_client_state({})
+        growth.begin(params)
         for _ in range(steps):
             x, y = torch.randn(4, 3, 8, 8, generator=generator), torch.randint(3, (4,))
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
-            if hasattr(growth, "after_backward"):
+            if growth.observes_training:
                 growth.after_backward(params)
             M.mask_gradients(params, masks)
             optimizer.step()
@@ -509,8 +576,12 @@ def check_activation_compressor(
     component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 6
 ) -> None:
     """Applied to a tiny conv model: parameters keep their identity and names, the forward output
-    is unchanged (training and evaluation), and the gradient w.r.t. the input equals the
-    uncompressed model's (a compressor may approximate weight gradients, never input ones)."""
+    is unchanged (training and evaluation), the gradient w.r.t. the input equals the uncompressed
+    model's (a compressor may approximate weight gradients, never input ones), every weight
+    gradient has at least the cosine similarity to the exact one that the component declares
+    (``min_weight_grad_cosine``); and on single layers (conv, linear, ReLU, ReLU6, Hardtanh)
+    autograd never saves more bytes than without the compressor and, unless it declares
+    ``saves_memory = False``, fewer for at least one of them."""
     label = _label(component)
 
     @_settings(max_examples, shrink=False)
@@ -521,7 +592,7 @@ def check_activation_compressor(
         scale=st.sampled_from([1e-2, 1.0, 10.0]),
     )
     def run(seed, width, batch, scale) -> None:
-        compressor = _build(component, options)
+        compressor = _build(component, options, ActivationCompressor)
         model = _tiny_model(seed, width)
         reference = copy.deepcopy(model)
         before = _named(model)
@@ -538,17 +609,55 @@ def check_activation_compressor(
         (out_new * upstream).sum().backward()
         torch.testing.assert_close(x_new.grad, x_ref.grad, rtol=1e-4, atol=1e-5,
                                    msg=lambda m: f"{label}: input gradient changed: {m}")
+        bound = compressor.min_weight_grad_cosine
+        exact = dict(reference.named_parameters())
         for name, p in model.named_parameters():
             assert p.grad is not None, f"{label}: no gradient for {name}"
             assert bool(torch.isfinite(p.grad).all()), f"{label}: gradient of {name} not finite"
+            want = exact[name].grad
+            if p.dim() > 1 and want is not None and float(want.norm()) > 1e-6:
+                cosine = float(F.cosine_similarity(p.grad.flatten(), want.flatten(), dim=0))
+                assert cosine >= bound, (
+                    f"{label}: the gradient of {name} has cosine similarity {cosine:.3f} to the "
+                    f"exact one, below the declared min_weight_grad_cosine {bound}"
+                )
         model.eval()
         reference.eval()
         with torch.no_grad():
             torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5,
                                        msg=lambda m: f"{label}: evaluation output changed: {m}")
+        _assert_saves_per_layer(label, compressor, seed)
 
     with one_thread():
         run()
+
+
+def _single_layers() -> list[nn.Module]:
+    return [nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)), nn.Sequential(nn.Flatten(), nn.Linear(
+        192, 5)), nn.Sequential(nn.ReLU()), nn.Sequential(nn.ReLU6()), nn.Sequential(nn.Hardtanh())]
+
+
+def _assert_saves_per_layer(label: str, compressor: ActivationCompressor, seed: int) -> None:
+    """Saved bytes per single layer: never more with the compressor; fewer somewhere."""
+    fewer = False
+    for index, layer in enumerate(_single_layers()):
+        compressed = copy.deepcopy(layer)
+        compressor.apply(compressed)
+        x = torch.randn(4, 3, 8, 8, generator=_seeded(seed + index)).requires_grad_()
+        sizes = []
+        for model in (layer, compressed):
+            with SavedTensorMeter(model) as meter:
+                model(x)
+            sizes.append(meter.bytes)
+        assert sizes[1] <= sizes[0], (
+            f"{label}: {layer[-1]} saves {sizes[1]} bytes for backward with the compressor, "
+            f"{sizes[0]} without: it costs memory"
+        )
+        fewer = fewer or sizes[1] < sizes[0]
+    assert fewer or not compressor.saves_memory, (
+        f"{label}: no layer saves fewer bytes with the compressor; declare "
+        "saves_memory = False if it is not meant to"
+    )
 
 
 def check_model_transform(
@@ -563,7 +672,7 @@ def check_model_transform(
     @given(seed=st.integers(0, 2**16), width=st.integers(2, 4),
            density=st.sampled_from([0.2, 0.5, 1.0]))
     def run(seed, width, density) -> None:
-        transform = _build(component, options)
+        transform = _build(component, options, ModelTransform)
         model = _tiny_model(seed, width)
         weights = {n: m.weight for n, m in M.prunable_parameters(model).items()}
         transform.apply(model)
@@ -589,14 +698,11 @@ def check_model_transform(
 def check_regularizer(
     component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 8
 ) -> None:
-    """In training and adjustment rounds alike: ``begin(ctx)`` (when defined), then per step a
+    """In training and adjustment rounds alike: ``begin(ctx)``, then per step a
     ``penalty(model)`` that is None or a finite scalar tensor differentiable w.r.t. the
-    parameters, and ``learning_rate(step, total_steps, base_lr)`` (when defined) finite, >= 0."""
+    parameters, and ``learning_rate(step, total_steps, lr, lr0)`` finite and >= 0; ``end(ctx)``
+    returns finite float metrics."""
     label = _label(component)
-
-    class _Magnitude:
-        def scores(self, weight, grad):
-            return weight.abs()
 
     @_settings(max_examples, shrink=False)
     @given(
@@ -607,21 +713,19 @@ def check_regularizer(
         round_=st.integers(1, 50),
     )
     def run(seed, density, adjusting, steps, round_) -> None:
-        regularizer = _build(component, options)
+        regularizer = _build(component, options, Regularizer)
         model = _tiny_model(seed)
         masks = _model_masks(model, density, seed)
         params = dict(model.named_parameters())
         M.apply_masks(params, masks)
         counts = M.adjustment_counts(masks, 0.2) if adjusting else {}
-        ctx = ClientContext(model, params, masks, round_, 0, counts, steps, _Magnitude())
-        if hasattr(regularizer, "begin"):
-            regularizer.begin(ctx)
+        ctx = _client_context(model, masks, RoundPlan(round_, counts), steps)
+        regularizer.begin(ctx)
         generator = _seeded(seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         for step in range(steps):
-            if hasattr(regularizer, "learning_rate"):
-                lr = regularizer.learning_rate(step, steps, 0.05)
-                assert math.isfinite(lr) and lr >= 0, f"{label}: learning rate {lr!r}"
+            lr = regularizer.learning_rate(step, steps, 0.05, 0.1)
+            assert math.isfinite(lr) and lr >= 0, f"{label}: learning rate {lr!r}"
             x = torch.randn(4, 3, 8, 8, generator=generator)
             loss = F.cross_entropy(model(x), torch.randint(3, (4,), generator=generator))
             penalty = regularizer.penalty(model)
@@ -634,9 +738,32 @@ def check_regularizer(
             M.mask_gradients(params, masks)
             optimizer.step()
             M.apply_masks(params, masks)
+        metrics = regularizer.end(ctx)
+        assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), (
+            f"{label}: end() metrics must be finite floats, got {metrics!r}")
 
     with one_thread():
         run()
+
+
+def _client_context(
+    model: nn.Module, masks: dict[str, torch.Tensor], plan: RoundPlan, steps: int
+) -> ClientContext:
+    """A client's context as the engine builds it, on random data, with a magnitude criterion."""
+    from fedprune_plugins.components.sparse import Magnitude
+
+    parts = MethodParts(Method("check"), MethodSettings(), {"pruning_criterion": Magnitude()})
+    generator = _seeded(0)
+
+    def gradient_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(4, 3, 8, 8, generator=generator), torch.randint(3, (4,))
+
+    return ClientContext(
+        model=model, params=dict(model.named_parameters()),
+        prunable=M.prunable_parameters(model), masks=masks, plan=plan, client=0, samples=16,
+        total_steps=steps, lr=0.05, lr0=0.1, parts=parts, config=tiny_config(),
+        gradient_batch=gradient_batch,
+    )
 
 
 def _assert_penalty(label: str, penalty: Any, params: dict[str, nn.Parameter]) -> None:
@@ -667,7 +794,7 @@ def check_schedule(
     @_settings(max_examples)
     @given(total=st.integers(1, 1000), data=st.data())
     def run(total, data) -> None:
-        schedule = _build(component, options)
+        schedule = _build(component, options, Schedule)
         rounds = data.draw(st.lists(st.integers(1, total), min_size=1, max_size=20))
         for r in rounds:
             f = schedule.fraction(r, total)
@@ -684,8 +811,9 @@ def check_schedule(
 def check_mask_policy(
     component: Any, options: Mapping[str, Any] | None = None, *, max_examples: int = 3
 ) -> None:
-    """``initial(...)`` (when defined, on the digits data) and ``update(...)`` return boolean
-    masks for exactly the given layers, shaped like them."""
+    """``initial_client(...)`` and, when it names a client, ``initial(...)`` on that client's
+    digits data, and ``update(...)`` return boolean masks for exactly the given layers, shaped
+    like them."""
     from fedprune.data.digits import load_digits
 
     label = _label(component)
@@ -706,18 +834,21 @@ def check_mask_policy(
     def run(seed, density, fraction, round_) -> None:
         from fedprune.models.cnn import SmallCNN
 
-        policy = _build(component, options)
+        policy = _build(component, options, MaskPolicy)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = SmallCNN(digits_model["classes"], digits_model["shape"], 4)
         masks = _model_masks(model, density, seed)
         params = dict(model.named_parameters())
         M.apply_masks(params, masks)
-        if hasattr(policy, "initial"):
+        rng = np.random.default_rng(seed)
+        clients = np.array_split(rng.permutation(len(data.train)), 4)
+        generator = _seeded(seed)
+        chosen = policy.initial_client([len(c) for c in clients], config, generator)
+        if chosen is not None:
+            assert 0 <= chosen < len(clients), f"{label}: initial_client() chose {chosen!r}"
             before = masks
-            rng = np.random.default_rng(seed)
-            clients = np.array_split(rng.permutation(len(data.train)), 4)
-            masks = policy.initial(model, masks, data.train, clients, config, _seeded(seed))
+            masks = policy.initial(model, masks, data.train, clients[chosen], config, generator)
             assert_masks(masks, before, "initial()")
             M.apply_masks(params, masks)
         weights = {n: params[n].detach() for n in masks}
@@ -776,7 +907,7 @@ def check_partitioner(
     @given(seed=st.integers(0, 2**16), classes=st.integers(2, 10),
            per_class=st.integers(50, 100), clients=st.integers(1, 4))
     def run(seed, classes, per_class, clients) -> None:
-        partitioner = _build(component, options)
+        partitioner = _build(component, options, Partitioner)
         labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(classes), per_class))
         parts = partitioner.split(labels, clients, np.random.default_rng(seed))
         assert len(parts) == clients, f"{label}: {len(parts)} parts for {clients} clients"
@@ -793,17 +924,60 @@ def check_partitioner(
         run()
 
 
-#: Kind -> contract check; kinds without one (datasets) are tested by their own plugins.
+def check_strategy(
+    component: Any, options: Mapping[str, Any] | None = None, *, pm: PluginManager | None = None,
+    tmp: Path | None = None,
+) -> None:
+    """In a method that fills every slot the strategy ``uses`` (magnitude, gradient, cosine
+    adjusting every round), the strategy runs a tiny federation to the end, reproducibly
+    (`check_method`), and a fixed-size strategy never lets a layer exceed its target count."""
+    import tempfile
+
+    label = _label(component)
+    pm = pm or host_plugin_manager()
+    if isinstance(component, Component) and pm.registry.find(component.name) is component:
+        name = component.name
+    else:
+        name = "checked_strategy"
+        record = Component(name, component.factory if isinstance(component, Component)
+                           else component, "strategy under check")
+
+        class _Plugin:
+            @hookimpl
+            def fedprune_strategies(self):
+                return [record]
+
+        register_plugin(pm, _Plugin(), name=f"check-strategy-{id(record)}")
+    strategy = pm.registry.get(name, "strategy").build(**dict(options or {}))
+    defaults = {"pruning_criterion": "magnitude", "growth_criterion": "gradient",
+                "schedule": "cosine"}
+    slots = {slot: value for slot, value in defaults.items() if slot in strategy.uses}
+    method = Method(f"check_{name}", "strategy under check", strategy=name, **slots,
+                    options={f"{name}.{k}": v for k, v in (options or {}).items()})
+
+    class _Recipe:
+        @hookimpl
+        def fedprune_methods(self):
+            return [method]
+
+    register_plugin(pm, _Recipe(), name=f"check-recipe-{id(method)}")
+    with tempfile.TemporaryDirectory() if tmp is None else contextlib.nullcontext(
+            str(tmp)) as root:
+        result = check_method(method.name, TinyFederation(pm, Path(root)))
+    if strategy.fixed_size:
+        assert result["density"] <= tiny_config().density + 0.02, (
+            f"{label}: a fixed-size strategy ended at density {result['density']:.3f}")
+
+
+def _check_for(kind: str) -> Callable[..., None] | None:
+    return globals().get(f"check_{kind}")
+
+
+#: Kind -> contract check, for every kind in `fedprune.registry.KINDS` that has one (datasets
+#: are tested by their own plugins; methods with `check_method`).
 CHECKS: dict[str, Callable[..., None]] = {
-    "pruning_criterion": check_pruning_criterion,
-    "growth_criterion": check_growth_criterion,
-    "regularizer": check_regularizer,
-    "activation_compressor": check_activation_compressor,
-    "model_transform": check_model_transform,
-    "schedule": check_schedule,
-    "mask_policy": check_mask_policy,
-    "model": check_model,
-    "partitioner": check_partitioner,
+    kind.name: check for kind in KINDS if kind.name != "method"
+    if (check := _check_for(kind.name)) is not None
 }
 
 
@@ -818,4 +992,6 @@ def check_component(
         )
         raise FedpruneError(f"{name!r} is {others}")
     record = pm.registry.get(name, kinds[0])
+    if kinds[0] == "strategy":
+        kwargs.setdefault("pm", pm)
     CHECKS[kinds[0]](record, options, **kwargs)

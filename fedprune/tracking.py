@@ -1,22 +1,43 @@
-"""MLflow tracking as a lifecycle plugin: one parent run per bench, a child per (method, seed).
+"""MLflow tracking as a lifecycle plugin: one parent run per bench, a child per run.
 
 Default store: SQLite inside the output directory, artifacts beside it. ``--tracking-uri`` and
-``MLFLOW_TRACKING_URI`` override it. Tracking never costs a result: if MLflow fails, a warning
-says so, tracking stops, and the bench and its results.json go on.
+``MLFLOW_TRACKING_URI`` override it. Layout:
+
+- child runs are named like ``fedmef d=0.1 seed=0``; parameters are the run's config; per-round
+  metrics are ``train_loss``, ``lr``, ``density``, ``round_upload_bytes``,
+  ``round_download_bytes``, ``accuracy`` and ``loss`` (evaluated rounds), ``pruned``,
+  ``grown`` and regularizer metrics (adjustment rounds); summary metrics (``final_accuracy``,
+  ``upload_bytes`` totals, ``memory.*``, ...) are logged once, at the end, without a step;
+- the parent run carries the mean summary metrics per method and density, the report's table
+  and figures, and results.json; provenance (versions, commit, command, threads, device) is
+  tagged on both; the experiment is tagged as model training, so the MLflow UI opens on its runs.
+
+Tracking never blocks or costs a result: requests to a server time out after a few seconds
+with at most one retry, an unreachable server is detected before training, and any MLflow
+failure gives one warning, switches tracking off for the bench, and the bench goes on.
+A resumed bench continues in the same parent and child runs (found by their tags); interrupted
+runs are marked KILLED.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from fedprune import hookimpl
 
 EXPERIMENT = "fedprune"
+#: Seconds a tracking server may take to accept a connection or answer a request.
+TIMEOUT = 4
+STATUS = {"ok": "FINISHED", "interrupted": "KILLED"}
 
 
 class TrackingWarning(UserWarning):
@@ -32,28 +53,50 @@ def resolve_tracking_uri(option: str | None, output_dir: Path) -> str:
     return option or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_dir)
 
 
+def _quiet_and_bounded() -> None:
+    """Silence MLflow's INFO lines and bound its HTTP requests (before the client exists)."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(TIMEOUT))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+
+
+def check_reachable(uri: str, timeout: float = TIMEOUT) -> None:
+    """Raise OSError unless an http(s) tracking server accepts a connection within ``timeout``."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=timeout):
+        pass
+
+
 class MLflowTracker:
-    def __init__(self, tracking_uri: str, output_dir: Path, experiment: str = EXPERIMENT) -> None:
+    def __init__(self, tracking_uri: str, output_dir: Path) -> None:
         self.uri = tracking_uri
         self.output_dir = output_dir
-        self.experiment = experiment
         self.client: Any = None
+        self.experiment_id: str | None = None
         self.parent_id: str | None = None
         self.child_id: str | None = None
+        self.bench_id = ""
         self.failed = False
 
-    def _guard(self, action, *args, **kwargs) -> None:
+    def _guard(self, action: Any, *args: Any) -> None:
         if self.failed:
             return
         try:
-            action(*args, **kwargs)
+            action(*args)
         except Exception as exc:
             self.failed = True
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             warnings.warn(
                 f"MLflow tracking at {self.uri} failed and is off for the rest of this bench "
-                f"({type(exc).__name__}: {exc}); results.json is still written",
+                f"({type(exc).__name__}: {first[:300]}); results.json is still written",
                 TrackingWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
     # --------------------------------------------------------------------------------- hooks
@@ -82,68 +125,95 @@ class MLflowTracker:
     # ---------------------------------------------------------------------------- mlflow calls
 
     def _start_bench(self, bench) -> None:
+        _quiet_and_bounded()
+        check_reachable(self.uri)
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(self.experiment)
+        self.bench_id = bench.id
+        exp = self.client.get_experiment_by_name(bench.experiment)
         if exp is None:
             artifacts = None
             if self.uri.startswith("sqlite:"):  # else MLflow puts artifacts in ./mlruns
                 artifacts = (self.output_dir / "mlartifacts").resolve().as_uri()
-            exp_id = self.client.create_experiment(self.experiment, artifact_location=artifacts)
+            self.experiment_id = self.client.create_experiment(
+                bench.experiment, artifact_location=artifacts,
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
         else:
-            exp_id = exp.experiment_id
-        self.experiment_id = exp_id
-        run = self.client.create_run(
-            exp_id,
-            run_name="bench " + ",".join(bench.methods),
-            tags={"fedprune.kind": "bench", "fedprune.methods": ",".join(bench.methods)},
-        )
-        self.parent_id = run.info.run_id
-        self.client.log_param(self.parent_id, "methods", ",".join(bench.methods))
-        self.client.log_param(self.parent_id, "seeds", ",".join(map(str, bench.seeds)))
-        self._log_params(self.parent_id, bench.config.as_params())
+            self.experiment_id = exp.experiment_id
+        tags = {"fedprune.kind": "bench", "fedprune.bench_id": bench.id,
+                "fedprune.methods": ",".join(bench.methods), **_provenance_tags(bench.provenance)}
+        self.parent_id = self._find({"fedprune.kind": "bench"}) if bench.resumed else None
+        if self.parent_id is None:
+            run = self.client.create_run(self.experiment_id, run_name="bench " + ",".join(
+                bench.methods), tags=tags)
+            self.parent_id = run.info.run_id
+            self._log_params(self.parent_id, {
+                "methods": ",".join(bench.methods), "seeds": ",".join(map(str, bench.seeds)),
+                "grid": len(bench.grid), **_params(bench.config.record())})
+        else:
+            self.client.update_run(self.parent_id, status="RUNNING")
+
+    def _find(self, tags: dict[str, str]) -> str | None:
+        """The run of this bench carrying ``tags`` (a resumed bench continues its runs)."""
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in
+                             {**tags, "fedprune.bench_id": self.bench_id}.items())
+        found = self.client.search_runs([self.experiment_id], query, max_results=1)
+        return found[0].info.run_id if found else None
 
     def _start_run(self, run) -> None:
+        self.child_id = self._find({"fedprune.key": run.key}) if run.resumed_from else None
+        if self.child_id is not None:
+            self.client.update_run(self.child_id, status="RUNNING")
+            return
         child = self.client.create_run(
             self.experiment_id,
             run_name=run.run_name,
             tags={
                 "mlflow.parentRunId": self.parent_id,
                 "fedprune.kind": "run",
+                "fedprune.bench_id": self.bench_id,
+                "fedprune.key": run.key,
                 "fedprune.method": run.method,
                 "fedprune.seed": str(run.seed),
+                "fedprune.density": f"{run.config.density:g}",
                 **{f"fedprune.{k}": str(v) for k, v in run.components.items()},
             },
         )
         self.child_id = child.info.run_id
         self._log_params(self.child_id, {"method": run.method, "seed": run.seed,
-                                          **run.config.as_params()})
+                                         **_params(run.config.record())})
 
     def _end_run(self, run, result) -> None:
         if not self.child_id:
             return
-        final = {k: float(v) for k, v in result.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"}
+        final = {k: float(result[k]) for k in SUMMARY if isinstance(result.get(k), (int, float))}
         for key, value in (result.get("memory") or {}).items():
             if isinstance(value, (int, float)):
                 final[f"memory.{key}"] = float(value)
         self._log_metrics(self.child_id, final, None)
-        self.client.set_tag(self.child_id, "fedprune.status", result["status"])
+        for key, value in {"fedprune.status": result["status"],
+                           **_provenance_tags(result.get("provenance") or {})}.items():
+            self.client.set_tag(self.child_id, key, value)
         if result.get("error"):
-            self.client.set_tag(self.child_id, "fedprune.error", result["error"][:5000])
+            self.client.set_tag(self.child_id, "fedprune.error", str(result["error"])[:5000])
         self._log_json(self.child_id, [result])
-        self.client.set_terminated(
-            self.child_id, "FINISHED" if result["status"] == "ok" else "FAILED"
-        )
+        self.client.set_terminated(self.child_id, STATUS.get(result["status"], "FAILED"))
         self.child_id = None
 
     def _end_bench(self, results) -> None:
         if not self.parent_id:
             return
+        self._log_metrics(self.parent_id, _group_means(results), None)
         self._log_json(self.parent_id, results)
-        ok = all(r.get("status") == "ok" for r in results)
-        self.client.set_terminated(self.parent_id, "FINISHED" if ok else "FAILED")
+        report = self.output_dir / "report"
+        if report.is_dir():
+            self.client.log_artifacts(self.parent_id, str(report), "report")
+        statuses = {r.get("status") for r in results}
+        status = ("KILLED" if "interrupted" in statuses else
+                  "FINISHED" if statuses <= {"ok"} else "FAILED")
+        self.client.set_terminated(self.parent_id, status)
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -152,16 +222,44 @@ class MLflowTracker:
         self.client.log_batch(run_id, params=batch)
 
     def _log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self.client.log_batch(run_id, metrics=batch)
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
 
     def _log_json(self, run_id: str, payload: Any) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "results.json"
             path.write_text(json.dumps(payload, indent=2, default=str))
             self.client.log_artifact(run_id, str(path))
+
+
+#: A run's summary metrics (logged once, at its end).
+SUMMARY = ("final_accuracy", "best_accuracy", "final_loss", "density", "upload_bytes",
+           "download_bytes", "wall_seconds")
+
+
+def _params(record: dict[str, Any]) -> dict[str, Any]:
+    options = record.pop("options", {}) or {}
+    return {**record, **{f"option.{k}": v for k, v in sorted(options.items())}}
+
+
+def _provenance_tags(provenance: dict[str, Any]) -> dict[str, str]:
+    return {f"fedprune.provenance.{k}": str(v)[:5000] for k, v in provenance.items()}
+
+
+def _group_means(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean final and best accuracy per (method, density) over successful runs."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("status") == "ok":
+            density = (r.get("config") or {}).get("density", "")
+            groups.setdefault(f"{r['method']}.d{density:g}" if density != "" else r["method"],
+                              []).append(r)
+    out = {}
+    for name, runs in groups.items():
+        for key in ("final_accuracy", "best_accuracy", "upload_bytes"):
+            out[f"{name}.{key}"] = sum(r[key] for r in runs) / len(runs)
+    return {k.replace("+", "_plus_"): v for k, v in out.items()}

@@ -1,140 +1,14 @@
-"""1-bit activations: ReLU, ReLU6 and Hardtanh that keep one bit per entry for backward.
-
-The gradient of a clamp is the incoming gradient where the input lay strictly inside the clamp's
-range and zero elsewhere, so one bit per entry is all backward needs. torch's own modules keep a
-full tensor instead (ReLU its output; in-place ReLU6 a copy of its input), which in ResNet18 and
-MobileNetV2 is a large share of the saved activations, and which makes SAP's compressed copy of a
-conv input an extra copy rather than the only one. Component ``bitact`` swaps the modules' class in
-place (parameters and names untouched) for subclasses whose autograd function saves the mask
-packed 8 per byte. It changes no result: forward calls torch's own functions and the gradient is
-bit-identical to torch's (NaN inputs included). Any method can use it (``feddst+bitact``).
-
-Only modules are converted: activations called functionally (``F.relu``) in a model's ``forward``
-are out of reach of a module transform.
-"""
-
-from __future__ import annotations
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+"""1-bit activations for any method (``feddst+bitact``). Implementation:
+`fedprune_plugins.components.bitact`."""
 
 from fedprune import Component, hookimpl
-
-__all__ = ["BitAct", "BitHardtanh", "BitReLU", "BitReLU6", "pack_bits", "unpack_bits"]
-
-
-def pack_bits(mask: Tensor) -> Tensor:
-    """A bool tensor as a flat uint8 tensor of m = ceil(numel / 8) bytes.
-
-    Planar layout: bit i of byte j is entry ``i * m + j`` of the flattened mask, so packing and
-    unpacking work on eight contiguous slices (vectorised) rather than on every eighth byte.
-    """
-    flat = mask.reshape(-1).view(torch.uint8)
-    pad = -flat.numel() % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    planes = flat.view(8, -1)
-    packed = planes[0].clone()
-    for i in range(1, 8):
-        packed |= planes[i] << i
-    return packed
-
-
-def unpack_bits(packed: Tensor, numel: int) -> Tensor:
-    """Inverse of `pack_bits`: a flat bool tensor of ``numel`` entries."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device).unsqueeze(1)
-    bits = (packed.unsqueeze(0) >> shifts) & 1
-    return bits.view(-1)[:numel].view(torch.bool)
-
-
-class _BitClamp(torch.autograd.Function):
-    """relu / hardtanh whose backward needs only the packed "inside the range" bits."""
-
-    @staticmethod
-    def forward(ctx, x, lower, upper, inplace):
-        # The complement of torch's own test (threshold_backward / hardtanh_backward), so NaN
-        # inputs pass their gradient exactly as they do in torch.
-        dead = x <= lower if upper is None else (x <= lower).logical_or_(x >= upper)
-        ctx.save_for_backward(pack_bits(dead.logical_not_()))
-        ctx.shape = x.shape
-        del dead
-        if upper is None:
-            out = torch.relu_(x) if inplace else torch.relu(x)
-        else:
-            out = F.hardtanh(x, lower, upper, inplace)
-        if inplace:
-            ctx.mark_dirty(x)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (packed,) = ctx.saved_tensors
-        alive = unpack_bits(packed, grad.numel()).view(ctx.shape).view(torch.uint8)
-        # grad where alive (1 > 0), exactly 0 elsewhere: torch's own ReLU backward kernel, much
-        # faster than masked_fill or where on the CPU.
-        return torch.ops.aten.threshold_backward(grad, alive, 0), None, None, None
-
-
-def _tracked(x: Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
-
-
-class BitReLU(nn.ReLU):
-    """``nn.ReLU`` saving a 1-bit mask for backward."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not _tracked(x):
-            return F.relu(x, self.inplace)
-        return _BitClamp.apply(x, 0.0, None, self.inplace)
-
-
-def _hardtanh_forward(self: nn.Hardtanh, x: Tensor) -> Tensor:
-    if not _tracked(x):
-        return F.hardtanh(x, self.min_val, self.max_val, self.inplace)
-    return _BitClamp.apply(x, self.min_val, self.max_val, self.inplace)
-
-
-class BitHardtanh(nn.Hardtanh):
-    """``nn.Hardtanh`` saving a 1-bit mask for backward."""
-
-    forward = _hardtanh_forward
-
-
-class BitReLU6(nn.ReLU6):
-    """``nn.ReLU6`` saving a 1-bit mask (0 < x < 6) for backward."""
-
-    forward = _hardtanh_forward
-
-
-#: Exact module type -> its 1-bit subclass (exact types, so user subclasses keep their forward).
-CONVERSIONS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.ReLU: BitReLU,
-    nn.ReLU6: BitReLU6,
-    nn.Hardtanh: BitHardtanh,
-}
-
-
-class BitAct:
-    """Activation compressor ``bitact``: ReLU / ReLU6 / Hardtanh modules keep 1 bit per entry.
-
-    The modules' class is swapped in place, so the model's structure, parameters and names are
-    unchanged. No options.
-    """
-
-    def apply(self, model: nn.Module) -> None:
-        for module in model.modules():
-            new = CONVERSIONS.get(type(module))
-            if new is not None:
-                module.__class__ = new
 
 
 @hookimpl
 def fedprune_activation_compressors():
     return [
         Component(
-            "bitact",
-            BitAct,
+            "bitact", "fedprune_plugins.components.bitact:BitAct",
             "ReLU/ReLU6 keep a 1-bit mask for backward instead of a full tensor (exact gradients)",
         )
     ]

@@ -19,7 +19,7 @@ def fedprune_methods():
         Method(
             "feddst",
             "FedDST: client-side prune/grow, server mask vote and magnitude re-prune",
-            adjust="client",
+            strategy="client_adjust",
             pruning_criterion="magnitude",
             growth_criterion="gradient",
             schedule="cosine",

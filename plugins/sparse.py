@@ -1,125 +1,32 @@
 """Sparse-training components any method can use: criteria for pruning and growth, and the
-cosine adjustment schedule (RigL, Evci et al., ICML'20).
+cosine adjustment schedule (RigL). Implementations: `fedprune_plugins.components.sparse`.
 
 Mix them into a method by name, e.g. ``feddst+random`` (SET-style random growth in FedDST).
 """
 
-from __future__ import annotations
-
-import math
-
-import torch
-
 from fedprune import Component, hookimpl
 
-
-class Magnitude:
-    """Prune the active weights of smallest |w|."""
-
-    def scores(self, weight: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
-        return weight.abs()
-
-
-class GradientGrowth:
-    """RigL growth: the dense gradient of one mini-batch w.r.t. each layer's effective weight.
-
-    Scores are signed gradients: the server sums them across clients and grows by |sum|.
-    ``upload_topk``: in server-side adjustment each client uploads only its k largest |g| among
-    inactive positions (values and indices), as FedMef does.
-    """
-
-    def __init__(self, upload_topk: bool = False) -> None:
-        self.upload_topk = upload_topk
-
-    def scores(self, weights, grads):
-        return {name: grads[name] for name in weights}
-
-
-class RandomGrowth:
-    """SET growth: uniformly random inactive positions, from a seeded generator."""
-
-    uses_gradient = False
-
-    def __init__(self, seed: int = 0) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def scores(self, weights, grads):
-        return {
-            name: torch.rand(w.shape, generator=self.generator).to(w.device)
-            for name, w in weights.items()
-        }
-
-
-class SquaredGradientGrowth:
-    """PruneFL importance: squared gradients accumulated over the local steps, over a cost.
-
-    The accumulator is a separate buffer filled explicitly after every backward pass (summing
-    ``param.grad`` by reference changed meaning across torch versions). ``cost`` is the
-    per-parameter communication + compute time t_j; 1 where no device profile is given.
-    """
-
-    uses_gradient = False
-
-    def __init__(self, cost: float = 1.0) -> None:
-        if cost <= 0:
-            raise ValueError("cost must be positive")
-        self.cost = cost
-        self.accumulated: dict[str, torch.Tensor] = {}
-        self._names: list[str] = []
-
-    def begin(self, params) -> None:
-        self.accumulated = {}
-
-    def after_backward(self, params) -> None:
-        for name, p in params.items():
-            if p.grad is not None and p.dim() > 1:
-                acc = self.accumulated.get(name)
-                if acc is None:
-                    self.accumulated[name] = p.grad.detach().pow(2)
-                else:
-                    acc.addcmul_(p.grad, p.grad)
-
-    def scores(self, weights, grads):
-        return {name: self.accumulated[name] / self.cost for name in weights}
-
-
-class Cosine:
-    """RigL's cosine decay: every ``interval`` rounds until ``stop``, adjust a fraction
-    zeta_r = (alpha / 2) * (1 + cos(pi * r / R_stop)) of each layer's active weights.
-
-    ``stop`` <= 1 is a fraction of the total rounds, > 1 a round number.
-    """
-
-    def __init__(self, alpha: float = 0.4, interval: int = 10, stop: float = 0.6) -> None:
-        if not 0 <= alpha <= 1 or interval < 1 or stop <= 0:
-            raise ValueError("need 0 <= alpha <= 1, interval >= 1 and stop > 0")
-        self.alpha, self.interval, self.stop = alpha, int(interval), stop
-
-    def stop_round(self, total_rounds: int) -> int:
-        return round(self.stop * total_rounds) if self.stop <= 1 else int(self.stop)
-
-    def fraction(self, round: int, total_rounds: int) -> float:
-        stop = self.stop_round(total_rounds)
-        if round % self.interval or round > stop or round >= total_rounds:
-            return 0.0
-        return self.alpha / 2 * (1 + math.cos(math.pi * round / stop))
+IMPL = "fedprune_plugins.components.sparse"
 
 
 @hookimpl
 def fedprune_pruning_criteria():
-    return [Component("magnitude", Magnitude, "prune the active weights of smallest |w|")]
+    return [Component("magnitude", f"{IMPL}:Magnitude", "prune the active weights of smallest |w|")]
 
 
 @hookimpl
 def fedprune_growth_criteria():
     return [
-        Component("gradient", GradientGrowth, "RigL: grow where |dense gradient| is largest"),
-        Component("random", RandomGrowth, "SET: grow uniformly random inactive positions"),
-        Component("sqgrad", SquaredGradientGrowth,
+        Component("gradient", f"{IMPL}:GradientGrowth",
+                  "RigL: grow where |dense gradient| is largest"),
+        Component("random", f"{IMPL}:RandomGrowth",
+                  "SET: grow uniformly random inactive positions"),
+        Component("sqgrad", f"{IMPL}:SquaredGradientGrowth",
                   "PruneFL: accumulated squared gradient over local steps, divided by cost"),
     ]
 
 
 @hookimpl
 def fedprune_schedules():
-    return [Component("cosine", Cosine, "RigL cosine-decayed adjustment every interval rounds")]
+    return [Component("cosine", f"{IMPL}:Cosine",
+                      "RigL cosine-decayed adjustment every interval rounds")]

@@ -7,10 +7,14 @@ tests can compare decoded pixels and labels with the truth.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import pickle
+import struct
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,3 +224,33 @@ def tar_with_member(archive: Path, name: str, data: bytes = b"x") -> bytes:
         info.size = len(data)
         tf.addfile(info, io.BytesIO(data))
     return archive.read_bytes()
+
+
+def claim_size(path: Path, width: int, height: int) -> None:
+    """Rewrite the header of the PNG or JPEG at ``path`` to claim ``width`` x ``height`` pixels,
+    as a decompression bomb does, without writing the pixels (Pillow reads only the header)."""
+    data = bytearray(path.read_bytes())
+    if data.startswith(b"\x89PNG"):
+        struct.pack_into(">II", data, 16, width, height)  # IHDR data, then its CRC
+        struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    else:
+        markers = (b"\xff\xc0", b"\xff\xc2")  # start of frame: baseline, progressive
+        sof = min(i for i in (data.find(m) for m in markers) if i >= 0)
+        struct.pack_into(">HH", data, sof + 5, height, width)
+    path.write_bytes(bytes(data))
+
+
+def deny_writes(directory: Path, monkeypatch) -> None:
+    """Make ``directory`` read-only. Root ignores permissions, so for root the decode cache's
+    ``open`` refuses writes there instead (its lock file is the first write a decode makes)."""
+    directory.chmod(0o555)
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        return
+    from fedprune.data import cache
+
+    def guarded(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and Path(file).parent == directory:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "open", guarded, raising=False)

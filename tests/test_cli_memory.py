@@ -1,4 +1,4 @@
-"""`fedprune memory` and `fedprune.memory.measure_method`: a method's client step, measured."""
+"""`fedprune memory`: a method's client step, measured on the bench's own pipeline."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from click.testing import CliRunner
 from torch import nn
 
 from fedprune.cli_memory import FIELDS, memory
-from fedprune.engine.build import bind_masks, build_base_model
 from fedprune.engine.config import RunConfig
-from fedprune.errors import FedpruneError
-from fedprune.memory import MemoryReport, SavedTensorMeter, measure_method, measure_training_step
-from fedprune_plugins.nsconv import NSConv2d
+from fedprune.memory import MemoryReport, SavedTensorMeter, measure_training_step
+from fedprune.ops.layers import bind_masks
+from fedprune_plugins.components.nsconv import NSConv2d
 
 TINY = ["--model", "cnn", "--input-shape", "1,8,8", "--batch-size", "4", "--threads", "1"]
 
@@ -59,7 +58,7 @@ def test_table_and_options():
         (["--input-shape", "3,32"], "is not C,H,W"),
         (["--input-shape", "3,x,32"], "is not C,H,W"),
         (["--input-shape", "0,8,8"], "is not C,H,W"),
-        (["--density", "0"], "--density"),
+        (["--density", "0"], "density must be greater than 0"),
         (["-o", "sap.gamma=1.5"], "sap.gamma"),
         (["-o", "nope.x=1"], "names no registered component"),
         (["-o", "cnn.depth=3"], "has no option depth"),
@@ -75,34 +74,51 @@ def test_a_model_that_cannot_take_the_shape_fails_cleanly():
     result = run("--input-shape", "1,1,1", "--methods", "fedavg")
     assert result.exit_code == 1
     (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
-    assert "fedavg: one training step of model 'cnn' on input 1,1,1" in line
+    assert "fedavg: one training step of model 'cnn' on input (1, 1, 1)" in line
     assert "Traceback" not in result.output
 
 
-# --------------------------------------------------------------------------- measure_method
+# ------------------------------------------------------------------- one pipeline with bench
+
+AGREE = ["--rounds", "1", "--clients", "4", "--clients-per-round", "2", "--local-steps", "1",
+         "--batch-size", "16", "--threads", "1", "-o", "cnn.width=4"]
+SPECS = ["fedavg", "prunefl", "feddst", "fedmef", "prunefl+prunefl_adaptive", "feddst+sap",
+         "feddst+bitact", "fedmef+bitact", "feddst+nsconv", "feddst+random"]
 
 
-def test_measure_method_is_deterministic_and_leaves_the_base_alone(pm):
-    config = RunConfig(model="cnn", batch_size=4, density=0.2, options={"cnn.width": 4})
-    base = build_base_model(pm.registry, config, 10, (1, 8, 8), seed=0)
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    first = measure_method(pm, "fedmef", config, (1, 8, 8), base_model=base)
-    again = measure_method(pm.registry, pm.registry.method("fedmef"), config, (1, 8, 8))
+def test_memory_agrees_with_the_bench_memory_column_for_every_method(tmp_path):
+    """The same pipeline prepares both (prunefl_adaptive's initial pruning included)."""
+    from fedprune.cli import main
+
+    methods = ",".join(SPECS)
+    result = CliRunner().invoke(memory, ["--methods", methods, "--json", *AGREE])
+    assert result.exit_code == 0, result.output
+    measured = {r["method"]: r["memory"] for r in json.loads(result.output)}
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--methods", methods, "--no-tracking",
+                                       "--no-report", "--output", str(out), *AGREE])
+    assert result.exit_code == 0, result.output
+    for record in json.loads((out / "results.json").read_text()):
+        for field in ("params_bytes", "activation_bytes", "total_bytes", "grad_bytes"):
+            assert record["memory"][field] == measured[record["method"]][field], (
+                record["method"], field)
+    adaptive = measured["prunefl+prunefl_adaptive"]["params_bytes"]
+    assert adaptive != measured["prunefl"]["params_bytes"]  # its own size, as in the bench
+
+
+def test_measuring_is_deterministic_and_leaves_the_base_model_alone(pm, digits):
+    from fedprune.engine.prepare import make_federation, measure_memory, prepare
+
+    config = RunConfig(clients=4, clients_per_round=2, options={"cnn.width": 4})
+    federation = make_federation(pm.registry, config, 0, digits)
+    before = {k: v.clone() for k, v in federation.base.state_dict().items()}
+    batch = federation.memory_batch()
+    first = measure_memory(prepare(pm.registry, pm.registry.method("fedmef"), federation), batch)
+    again = measure_memory(prepare(pm.registry, pm.registry.method("fedmef"), federation), batch)
     assert isinstance(first, MemoryReport)
     for name in ("params_bytes", "activation_bytes", "grad_bytes", "optimizer_bytes"):
-        assert getattr(first, name) == getattr(again, name)  # same base weights from the seed
-    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
-    sparser = measure_method(pm, "fedmef", config, (1, 8, 8), density=0.05, batch_size=8)
-    assert sparser.params_bytes < first.params_bytes
-    assert sparser.activation_bytes > first.activation_bytes  # twice the batch
-
-
-def test_measure_method_refuses_bad_input(pm):
-    config = RunConfig(model="cnn", options={"cnn.width": 4})
-    with pytest.raises(FedpruneError, match="three positive sizes"):
-        measure_method(pm, "feddst", config, (8, 8))
-    with pytest.raises(FedpruneError, match="unknown method"):
-        measure_method(pm, "nope", config, (1, 8, 8))
+        assert getattr(first, name) == getattr(again, name)
+    assert all(torch.equal(v, before[k]) for k, v in federation.base.state_dict().items())
 
 
 def test_masks_saved_for_backward_are_model_state_not_activations():

@@ -11,6 +11,7 @@ from test_sparse_components import Recorder, make_simulation
 
 from fedprune import comm
 from fedprune import masks as M
+from fedprune.contracts import Schedule
 
 
 def expected_state_bytes(state, masks, positions):
@@ -54,11 +55,12 @@ def test_sparse_bytes_never_exceed_dense(numel, share, value_bytes):
 def test_state_bytes_counts_masked_tensors_sparse_and_the_rest_dense(digits):
     sim = make_simulation("prunefl", digits)
     for positions in (True, False):
-        assert comm.state_bytes(sim.global_state, sim.masks, positions) == expected_state_bytes(
-            sim.global_state, sim.masks, positions)
-    dense = sum(t.numel() * t.element_size() for t in sim.global_state.values())
-    assert comm.state_bytes(sim.global_state, None) == dense
-    assert comm.state_bytes(sim.global_state, sim.masks) < dense
+        state, masks = sim.prepared.state, sim.prepared.masks
+        assert comm.state_bytes(state, masks, positions) == expected_state_bytes(
+            state, masks, positions)
+    dense = sum(t.numel() * t.element_size() for t in sim.prepared.state.values())
+    assert comm.state_bytes(sim.prepared.state, None) == dense
+    assert comm.state_bytes(sim.prepared.state, sim.prepared.masks) < dense
 
 
 # ------------------------------------------------------------------------------- in a round
@@ -70,25 +72,25 @@ def _reports(recorder):
 
 def test_unchanged_mask_uploads_values_only_and_downloads_positions(digits):
     recorder = Recorder()
-    sim = make_simulation("prunefl", digits, hook=recorder)  # round 1 adjusts nothing
-    masks, state = sim.masks, sim.global_state
-    metrics = sim.round(1, [0, 1])
+    sim = make_simulation("prunefl", digits, recorder=recorder)  # round 1 adjusts nothing
+    masks, state = sim.prepared.masks, sim.prepared.state
+    metrics = sim.step(1, [0, 1])
     up = expected_state_bytes(state, masks, positions=False)
     down = expected_state_bytes(state, masks, positions=True)
     for _, report in _reports(recorder):
         assert (report.upload_bytes, report.download_bytes) == (up, down)
-    assert metrics["upload_bytes"] == 2 * up and metrics["download_bytes"] == 2 * down
+    assert metrics["round_upload_bytes"] == 2 * up and metrics["round_download_bytes"] == 2 * down
 
 
 def test_a_client_that_changed_its_mask_uploads_positions(digits):
     recorder = Recorder()
-    sim = make_simulation("feddst", digits, hook=recorder, rounds=2,
+    sim = make_simulation("feddst", digits, recorder=recorder, rounds=2,
                           options={"cosine.interval": 1, "cosine.stop": 1.0})
-    masks, state = sim.masks, sim.global_state
-    sim.round(1, [0, 1])  # an adjustment round: every client prunes and grows
+    masks, state = sim.prepared.masks, sim.prepared.state
+    sim.step(1, [0, 1])  # an adjustment round: every client prunes and grows
     changed = expected_state_bytes(state, masks, positions=True)  # same counts per layer
-    sim.round(2, [2, 3])  # no adjustment in the last round
-    unchanged = expected_state_bytes(sim.global_state, sim.masks, positions=False)
+    sim.step(2, [2, 3])  # no adjustment in the last round
+    unchanged = expected_state_bytes(sim.prepared.state, sim.prepared.masks, positions=False)
     by_round = {}
     for round_, report in _reports(recorder):
         by_round.setdefault(round_, set()).add(report.upload_bytes)
@@ -98,10 +100,10 @@ def test_a_client_that_changed_its_mask_uploads_positions(digits):
 
 def test_dense_squared_gradients_upload_full_score_tensors(digits):
     recorder = Recorder()
-    sim = make_simulation("prunefl", digits, hook=recorder, rounds=2,
+    sim = make_simulation("prunefl", digits, recorder=recorder, rounds=2,
                           options={"cosine.interval": 1, "cosine.stop": 1.0})
-    masks, state = sim.masks, sim.global_state
-    sim.round(1, [0, 1])
+    masks, state = sim.prepared.masks, sim.prepared.state
+    sim.step(1, [0, 1])
     scores = sum(m.numel() * 4 for m in masks.values())  # float32, dense: no positions
     expected = expected_state_bytes(state, masks, positions=False) + scores
     assert {r.upload_bytes for _, r in _reports(recorder)} == {expected}
@@ -109,11 +111,11 @@ def test_dense_squared_gradients_upload_full_score_tensors(digits):
 
 def test_top_k_growth_scores_upload_k_values_and_their_positions(digits):
     recorder = Recorder()
-    options = {"cosine.interval": 1, "cosine.stop": 1.0, "gradient.upload_topk": True}
-    sim = make_simulation("prunefl+gradient", digits, hook=recorder, rounds=2, options=options)
-    masks, state = sim.masks, sim.global_state
-    counts = M.adjustment_counts(masks, sim.parts.schedule.fraction(1, 2))
-    sim.round(1, [0, 1])
+    options = {"cosine.interval": 1, "cosine.stop": 1.0, "server_adjust.upload": "topk"}
+    sim = make_simulation("prunefl+gradient", digits, recorder=recorder, rounds=2, options=options)
+    masks, state = sim.prepared.masks, sim.prepared.state
+    counts = M.adjustment_counts(masks, sim.prepared.parts.one(Schedule).fraction(1, 2))
+    sim.step(1, [0, 1])
     scores = 0
     for name, mask in masks.items():
         k = min(counts[name], int((~mask).sum()))
@@ -122,3 +124,20 @@ def test_top_k_growth_scores_upload_k_values_and_their_positions(digits):
     assert {r.upload_bytes for _, r in _reports(recorder)} == {expected}
     dense_scores = sum(m.numel() * 4 for m in masks.values())
     assert scores < dense_scores
+
+
+@settings(max_examples=40, deadline=None)
+@given(numel=st.integers(1, 300), density=st.floats(0, 1), positions=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_encoded_messages_are_exactly_the_bytes_reported(numel, density, positions, seed):
+    """What travels (encode_state's arrays) is what the accounting counts, and decodes back."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(numel, generator=gen) < density
+    state = {"w": torch.randn(numel, generator=gen) * mask, "b": torch.randn(3, generator=gen)}
+    masks = {"w": mask}
+    message = comm.encode_state(state, masks, positions)
+    assert comm.payload_bytes(message) == comm.state_bytes(state, masks, positions)
+    decoded = comm.decode_state(message, state, masks)
+    assert all(torch.equal(decoded[k], state[k]) for k in state)

@@ -12,15 +12,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fedprune.memory import SavedTensorMeter
+from fedprune.ops.bits import pack_bits, unpack_bits
 from fedprune.testing import check_component
 from fedprune_plugins import compact_activations
-from fedprune_plugins.compact_activations import (
+from fedprune_plugins.components.bitact import (
     BitAct,
     BitHardtanh,
     BitReLU,
     BitReLU6,
-    pack_bits,
-    unpack_bits,
 )
 
 

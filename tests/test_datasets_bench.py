@@ -63,4 +63,4 @@ def test_a_paper_preset_runs_with_command_line_overrides(tmp_path):
     assert run["status"] == "ok"
     assert (config["dataset"], config["rounds"], config["clients"]) == ("cifar10", 1, 2)
     assert (config["lr"], config["weight_decay"], config["density"]) == (0.01, 5e-4, 0.1)
-    assert config["option.cosine.stop"] == 300
+    assert config["options"]["cosine.stop"] == 300

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -150,8 +151,121 @@ def test_an_unreadable_cache_file_is_rebuilt(tmp_path):
     del first
     with open(path, "wb") as f:
         f.write(b"garbage")
-    reloaded = load_cifar10(tmp_path)
+    with pytest.warns(UserWarning, match=r"is unusable \(not a .npy file\); decoding the split"):
+        reloaded = load_cifar10(tmp_path)
     np.testing.assert_array_equal(np.asarray(reloaded.train.images), fx.images["train"])
+
+
+def _cache_file(root, split, kind):
+    (path,) = (root / CACHE_DIRNAME).glob(f"cifar10-{split}-*.{kind}.npy")
+    return path
+
+
+def _truncated(path):
+    return path.read_bytes()[: path.stat().st_size // 2]
+
+
+@pytest.mark.parametrize(
+    ("kind", "damage", "problem"),
+    [
+        ("images", lambda p: b"", "empty file"),
+        ("labels", lambda p: b"", "empty file"),
+        ("images", _truncated, "truncated or unreadable"),
+        ("labels", _truncated, "truncated or unreadable"),
+        ("labels", lambda p: _npy(np.full(30, 99)), r"labels outside 0\.\.9"),
+        ("labels", lambda p: _npy(np.full(30, -1)), r"labels outside 0\.\.9"),
+        ("labels", lambda p: _npy(np.zeros(29, np.int64)), "29 labels for 30 images"),
+        ("labels", lambda p: _npy(np.zeros(30, np.float32)), "float32 \\(30,\\), expected int"),
+        ("images", lambda p: _npy(np.zeros((30, 3, 16, 16), np.uint8)),
+         r"uint8 \(30, 3, 16, 16\), expected uint8 \(N, 3, 32, 32\)"),
+    ],
+)
+def test_a_damaged_cache_is_named_and_rebuilt(tmp_path, kind, damage, problem):
+    fx = make_cifar10(tmp_path)
+    load_cifar10(tmp_path)
+    path = _cache_file(tmp_path, "train", kind)
+    path.write_bytes(damage(path))
+    with pytest.warns(UserWarning, match=rf"{path.name} is unusable \({problem}") as record:
+        splits = load_cifar10(tmp_path)
+    assert str(path) in str(record[0].message)
+    np.testing.assert_array_equal(splits.train.targets, fx.labels["train"])
+    np.testing.assert_array_equal(np.asarray(splits.train.images), fx.images["train"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_cifar10(tmp_path)  # rebuilt: no warning this time
+
+
+def _npy(array):
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_cli_rebuilds_an_empty_cache_instead_of_aborting(tmp_path):
+    from click.testing import CliRunner
+
+    from fedprune.cli_data import data
+
+    make_cifar10(tmp_path)
+    load_cifar10(tmp_path)
+    _cache_file(tmp_path, "test", "images").write_bytes(b"")
+    with pytest.warns(UserWarning, match="empty file"):
+        result = CliRunner().invoke(data, ["prepare", "cifar10", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "Aborted" not in result.output and "30 training and 10 test images" in result.output
+
+
+def test_info_shows_a_damaged_cache(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from fedprune.cli_data import data
+
+    monkeypatch.setenv("COLUMNS", "400")
+    make_cifar10(tmp_path)
+    load_cifar10(tmp_path)
+    _cache_file(tmp_path, "train", "labels").write_bytes(_npy(np.full(30, 99)))
+    result = CliRunner().invoke(data, ["info", "cifar10", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "train: unusable (labels outside 0..9), decoded again on the next load" in result.output
+    assert "test: built" in result.output
+
+
+def test_a_read_only_cache_directory_says_how_to_choose_another(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from dataset_fixtures import deny_writes
+
+    from fedprune.cli_data import data
+
+    make_cifar10(tmp_path)
+    cache = tmp_path / CACHE_DIRNAME
+    cache.mkdir()
+    deny_writes(cache, monkeypatch)
+    with pytest.raises(DataError) as info:
+        load_cifar10(tmp_path)
+    assert str(info.value) == (
+        f"cannot write the decode cache directory {cache} (the default): Permission denied; "
+        "set $FEDPRUNE_CACHE to a writable directory with free space"
+    )
+    result = CliRunner().invoke(data, ["prepare", "cifar10", "--root", str(tmp_path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == f"Error: {info.value}"
+    monkeypatch.setenv("FEDPRUNE_CACHE", str(tmp_path / "elsewhere"))
+    assert len(load_cifar10(tmp_path).train) == 30
+
+
+def test_a_damaged_cache_in_a_read_only_directory_is_named(tmp_path, monkeypatch):
+    from dataset_fixtures import deny_writes
+
+    make_cifar10(tmp_path)
+    load_cifar10(tmp_path)
+    path = _cache_file(tmp_path, "train", "images")
+    path.write_bytes(b"")
+    deny_writes(tmp_path / CACHE_DIRNAME, monkeypatch)
+    with pytest.warns(UserWarning, match=rf"{path.name} is unusable \(empty file\)"):
+        with pytest.raises(DataError, match=r"cannot write the decode cache directory"):
+            load_cifar10(tmp_path)
 
 
 def test_cache_location_can_be_overridden(tmp_path, monkeypatch):
@@ -167,7 +281,7 @@ def test_an_unwritable_cache_location_says_how_to_fix_it(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("FEDPRUNE_CACHE", str(blocker / "cache"))
-    with pytest.raises(DataError, match=r"cannot create the decode cache .*FEDPRUNE_CACHE"):
+    with pytest.raises(DataError, match=r"cannot write the decode cache directory .*CACHE to a"):
         load_cifar10(tmp_path)
 
 

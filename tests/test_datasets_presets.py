@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedprune.errors import FedpruneError
-from fedprune.presets import list_presets, load_preset, presets_dir
+from fedprune.presets import list_presets, load_preset
 
 PAPER = [
     f"fedmef-{dataset}-{model}"
@@ -16,7 +16,15 @@ PAPER = [
 
 def test_the_six_paper_presets_are_listed():
     assert set(PAPER) <= set(list_presets())
-    assert presets_dir().name == "presets" and presets_dir().parent.name == "benchmarks"
+
+
+
+def test_presets_ship_as_package_data():
+    """Read through importlib.resources: --preset works from any install, not just a checkout."""
+    from importlib import resources
+
+    shipped = {p.name for p in resources.files("fedprune.presets").iterdir()}
+    assert {f"{name}.toml" for name in PAPER} <= shipped
 
 
 @pytest.mark.parametrize("name", PAPER)

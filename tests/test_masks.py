@@ -95,7 +95,7 @@ def test_aggregation_stays_inside_the_union_of_client_masks(masks, samples, seed
         m = torch.tensor(bits).view(3, 4)
         union |= m
         agg.add({"w": torch.randn(3, 4, generator=gen) * m}, n, {"w": m})
-    state, votes, _ = agg.result(template)
+    state, votes = agg.result(template)
     assert torch.all(state["w"][~union] == 0)
     assert torch.all((votes["w"] > 0) == union)
 
@@ -110,7 +110,7 @@ def test_identical_client_masks_keep_exactly_that_mask(bits, clients, seed):
     for k in range(clients):
         w = (torch.rand(3, 4, generator=gen) + 0.1) * mask  # non-zero inside the mask
         agg.add({"w": w}, k + 1)
-    state, votes, _ = agg.result(template)
+    state, votes = agg.result(template)
     assert torch.equal(state["w"] != 0, mask)
     assert torch.equal(votes["w"] > 0, mask)
 
@@ -120,7 +120,7 @@ def test_sparse_average_is_per_element_over_holders():
     agg = Aggregator(template, {"w": torch.ones(2, dtype=torch.bool)})
     agg.add({"w": torch.tensor([1.0, 0.0])}, 1, {"w": torch.tensor([True, False])})
     agg.add({"w": torch.tensor([3.0, 5.0])}, 3, {"w": torch.tensor([True, True])})
-    state, votes, _ = agg.result(template)
+    state, votes = agg.result(template)
     assert torch.allclose(state["w"], torch.tensor([(1 + 9) / 4, 5.0]))
     assert torch.allclose(votes["w"], torch.tensor([1.0, 0.75]))
 
@@ -130,7 +130,7 @@ def test_dense_and_integer_entries_average_plainly():
     agg = Aggregator(template, None)
     agg.add({"b": torch.tensor([2.0]), "n": torch.tensor(3)}, 1)
     agg.add({"b": torch.tensor([4.0]), "n": torch.tensor(5)}, 3)
-    state, _, _ = agg.result(template)
+    state, _ = agg.result(template)
     assert torch.allclose(state["b"], torch.tensor([3.5])) and int(state["n"]) == 5
 
 

@@ -10,16 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from fedprune.formats import FORMATS, format_bytes, storage_bytes
 from fedprune.memory import (
-    FORMATS,
     MemoryReport,
     PeakRSS,
     SavedTensorMeter,
     account_saved,
-    format_bytes,
     measure_training_step,
     params_bytes,
-    storage_bytes,
 )
 from fedprune.models.resnet import resnet18
 

@@ -10,9 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedprune.engine.config import RunConfig
-from fedprune.memory import measure_method
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_ablation.py"
 TINY = {"cnn.width": 4}
 SHAPE = (1, 8, 8)
@@ -74,15 +71,21 @@ def test_ratios_and_footprint_ordering(ablation, pm):
     assert text.count("\n") == len(rows) + 1 and "`fedmef+bitact -o sap.values=bfloat16`" in text
 
 
-def test_client_is_built_as_measure_method_builds_it(ablation, pm):
+def test_client_is_prepared_by_the_bench_pipeline(ablation, pm):
+    """The ablation's client is the one `fedprune memory` measures (one pipeline)."""
+    from fedprune.engine.prepare import measure_memory, prepare
+
     variant = next(v for v in ablation.VARIANTS if v.key == "f")
     run = {"model": "cnn", "batch_size": 4, "density": 0.1, "options": TINY}
-    base_config = RunConfig(**run)
-    base = ablation.build_base_model(pm.registry, base_config, 10, SHAPE, 0)
-    client = ablation.build_client(pm, variant, 0.7, base, run, seed=0)
-    x, y = ablation.random_batch(SHAPE, 4, 10, seed=0)
+    shared = ablation.federation(pm, run, SHAPE, 10, 0)
+    client = ablation.build_client(pm, variant, 0.7, shared, run)
+    x, y = shared.memory_batch()
     ours = ablation.measure_training_step(client.model, x, y, client.masks)
-    reference = measure_method(pm, variant.spec, client.config, SHAPE, base_model=base)
+    method = pm.registry.method(variant.spec)
+    import dataclasses
+
+    reference = measure_memory(
+        prepare(pm.registry, method, dataclasses.replace(shared, config=client.config)), (x, y))
     assert client.config.options["sap.gamma"] == 0.7
     assert client.config.options["sap.values"] == "bfloat16"
     assert (ours.params_bytes, ours.activation_bytes) == (

@@ -13,16 +13,10 @@ from torch import nn
 
 from fedprune.errors import FedpruneError
 from fedprune.memory import SavedTensorMeter
+from fedprune.ops.conv import ConvSpec, conv2d_function, standardize, standardize_backward
 from fedprune.testing import check_component
 from fedprune_plugins import nsconv
-from fedprune_plugins.nsconv import (
-    ConvSpec,
-    NSConv,
-    NSConv2d,
-    conv2d_function,
-    standardize,
-    standardize_backward,
-)
+from fedprune_plugins.components.nsconv import NSConv, NSConv2d
 
 
 def _block() -> nn.Module:

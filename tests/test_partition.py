@@ -60,3 +60,39 @@ def test_dirichlet_skews_labels():
     split = DirichletPartitioner(0.1).split(labels, 10, np.random.default_rng(0))
     dominant = [np.bincount(labels[c], minlength=10).max() / len(c) for c in split]
     assert np.mean(dominant) > 0.4  # an IID split would give about 0.1
+
+
+@pytest.mark.parametrize("alpha", [0, -1, float("nan"), float("inf"), "0.5", True, None])
+def test_dirichlet_alpha_must_be_a_finite_positive_number(alpha):
+    with pytest.raises(FedpruneError, match=r"alpha must be a finite number > 0, got"):
+        DirichletPartitioner(alpha)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"min_size": -1}, r"min_size must be an integer >= 0, got -1"),
+        ({"min_size": 1.5}, r"min_size must be an integer >= 0, got 1\.5"),
+        ({"min_size": "3"}, r"min_size must be an integer >= 0, got '3'"),
+        ({"max_tries": 0}, r"max_tries must be an integer >= 1, got 0"),
+        ({"max_tries": 2.0}, r"max_tries must be an integer >= 1, got 2\.0"),
+        ({"max_tries": False}, r"max_tries must be an integer >= 1, got False"),
+    ],
+)
+def test_dirichlet_min_size_and_max_tries_must_be_integers(options, expected):
+    with pytest.raises(FedpruneError, match=expected):
+        DirichletPartitioner(0.5, **options)
+
+
+@pytest.mark.parametrize("partitioner", [IIDPartitioner(), DirichletPartitioner()])
+@pytest.mark.parametrize("clients", [0, -3, 2.5])
+def test_num_clients_must_be_a_positive_integer(partitioner, clients):
+    labels = np.repeat(np.arange(5), 20)
+    with pytest.raises(FedpruneError, match=r"num_clients must be an integer >= 1, got"):
+        partitioner.split(labels, clients, np.random.default_rng(0))
+
+
+def test_numpy_numbers_are_accepted():
+    part = DirichletPartitioner(np.float64(0.5), np.int64(1), np.int32(10))
+    split = part.split(np.repeat(np.arange(5), 20), np.int64(4), np.random.default_rng(0))
+    assert len(split) == 4

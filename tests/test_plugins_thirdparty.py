@@ -134,9 +134,13 @@ def test_a_broken_plugin_warns_naming_it_and_everything_else_works(
                  "fedprune_broken", source)
     message = rf"'broken' from fedprune-broken 1\.0 failed to load and is skipped: {error}"
     with pytest.warns(PluginLoadWarning, match=message):
-        names = [p["name"] for p in plugins_json()]
-    assert "broken" not in names
-    assert {"builtins", "feddst", "sparse"} <= set(names)
+        listed = {p["name"]: p for p in plugins_json()}
+    assert listed["broken"]["status"] == "failed" and error in listed["broken"]["error"]
+    assert not listed["broken"]["registers"]
+    assert all(listed[n]["status"] == "loaded" for n in ("builtins", "feddst", "sparse"))
+    with pytest.warns(PluginLoadWarning):
+        verbose = CliRunner().invoke(main, ["-v", "plugins"])
+    assert "Traceback (most recent call last)" in verbose.output and error in verbose.output
     out = tmp_path / "out"
     with pytest.warns(PluginLoadWarning, match=message):
         result = CliRunner().invoke(main, [*TINY_BENCH, "--methods", "feddst",
@@ -172,18 +176,12 @@ DUPLICATE = """
 """
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["plugins"], ["plugins", "--json"], [*TINY_BENCH, "--methods", "fedavg"]],
-    ids=["plugins", "plugins-json", "bench"],
-)
-def test_a_duplicate_name_is_a_one_line_error_naming_both_plugins(
-    args, environ, tmp_path, monkeypatch
+def test_a_duplicate_name_fails_a_bench_with_one_line_naming_both_plugins(
+    environ, tmp_path, monkeypatch
 ):
     install_dist(tmp_path, monkeypatch, "fedprune-dupe", "dupe = fedprune_dupe",
                  "fedprune_dupe", DUPLICATE)
-    if args[0] == "bench":
-        args = [*args, "--output", str(tmp_path / "out")]
+    args = [*TINY_BENCH, "--methods", "fedavg", "--output", str(tmp_path / "out")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
@@ -192,6 +190,28 @@ def test_a_duplicate_name_is_a_one_line_error_naming_both_plugins(
     assert "plugin 'sparse'" in errors[0] and "plugin 'dupe'" in errors[0]
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_plugins_still_lists_everything_and_shows_the_clash(environ, tmp_path, monkeypatch):
+    install_dist(tmp_path, monkeypatch, "fedprune-dupe", "dupe = fedprune_dupe_list",
+                 "fedprune_dupe_list", DUPLICATE)
+    table = CliRunner().invoke(main, ["plugins"])
+    assert table.exit_code == 0, table.output
+    assert "clash:" in table.output and "'magnitude' is registered twice" in table.output
+    listed = {p["name"]: p for p in plugins_json()}
+    assert "'magnitude' is registered twice" in listed["dupe"]["clashes"][0]
+    assert listed["sparse"]["clashes"] == listed["dupe"]["clashes"]
+
+
+def test_disabling_a_plugin_by_name_resolves_the_clash(environ, tmp_path, monkeypatch):
+    install_dist(tmp_path, monkeypatch, "fedprune-dupe", "dupe = fedprune_dupe_off",
+                 "fedprune_dupe_off", DUPLICATE)
+    environ.setenv("FEDPRUNE_DISABLE_PLUGINS", "dupe")
+    listed = {p["name"]: p for p in plugins_json()}
+    assert listed["dupe"]["status"] == "disabled" and "clashes" not in listed["sparse"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [*TINY_BENCH, "--methods", "feddst", "--output", str(out)])
+    assert result.exit_code == 0, result.output
 
 
 def test_a_duplicate_name_fails_the_registry(environ, tmp_path, monkeypatch):

@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 from test_sparse_components import Recorder, make_simulation, plugin_manager
 
 from fedprune import masks as M
+from fedprune.contracts import MaskPolicy
 from fedprune.engine.config import RunConfig
 from fedprune.errors import FedpruneError
 from fedprune.testing import TinyFederation, check_mask_policy, check_method
 from fedprune_plugins import prunefl
-from fedprune_plugins.prunefl import AdaptivePruneFL, objective, reconfigure
+from fedprune_plugins.components.prunefl import AdaptivePruneFL, objective, reconfigure
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -28,8 +29,8 @@ FAST = settings(max_examples=40, deadline=None)
 def test_both_variants_are_registered_and_mix():
     registry = plugin_manager().registry
     fixed = registry.method("prunefl")
-    assert (fixed.adjust, fixed.pruning_criterion, fixed.growth_criterion, fixed.mask_policy) == (
-        "server", "magnitude", "sqgrad", None)
+    assert (fixed.strategy, fixed.pruning_criterion, fixed.growth_criterion,
+            fixed.mask_policy) == ("server_adjust", "magnitude", "sqgrad", None)
     adaptive = registry.method("prunefl+prunefl_adaptive")
     assert adaptive.mask_policy == "prunefl_adaptive"
     assert adaptive.growth_criterion == "sqgrad"  # the policy consumes the uploaded g^2
@@ -191,19 +192,22 @@ class SpyDataset:
 
 def _initial(digits, policy, seed=0, start_model=None):
     sim = make_simulation("prunefl", digits, seed=seed)  # a model, masks and clients to reuse
-    model = start_model if start_model is not None else sim.model
+    model = start_model if start_model is not None else sim.prepared.model
     spy = SpyDataset(digits.train)
     config = RunConfig(local_steps=2, batch_size=16, clients=4, clients_per_round=2)
-    masks = policy.initial(model, sim.masks, spy, sim.client_indices, config,
-                           torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    clients = sim.prepared.federation.clients
+    chosen = policy.initial_client([len(c) for c in clients], config, generator)
+    masks = policy.initial(model, sim.prepared.masks, spy, clients[chosen], config, generator)
     return sim, model, masks, spy
 
 
 def test_initial_pruning_uses_one_clients_small_sample_and_stops_on_the_criterion(digits):
     policy = AdaptivePruneFL(init_samples=50, init_steps=2, init_max_reconfigs=25)
     sim, model, masks, spy = _initial(digits, policy)
-    assert set(masks) == set(sim.masks)
-    owners = {c for c, ix in enumerate(sim.client_indices) if set(spy.seen) <= set(ix.tolist())}
+    assert set(masks) == set(sim.prepared.masks)
+    clients = sim.prepared.federation.clients
+    owners = {c for c, ix in enumerate(clients) if set(spy.seen) <= set(ix.tolist())}
     assert len(owners) == 1 and len(set(spy.seen)) <= 50
     d = policy.init_densities
     assert d[0] == 1.0  # the paper starts from the dense model
@@ -223,7 +227,7 @@ def test_initial_pruning_uses_one_clients_small_sample_and_stops_on_the_criterio
 
 def test_initial_pruning_is_reproducible_and_can_restore_the_weights(digits):
     sim = make_simulation("prunefl", digits)
-    original = copy.deepcopy(sim.model)  # already masked by the engine at the random ERK mask
+    original = copy.deepcopy(sim.prepared.model)  # masked by the engine at the random ERK mask
     a = AdaptivePruneFL(init_samples=40, init_steps=2, init_max_reconfigs=8)
     b = AdaptivePruneFL(init_samples=40, init_steps=2, init_max_reconfigs=8)
     _, model_a, masks_a, _ = _initial(digits, a, start_model=copy.deepcopy(original))
@@ -235,7 +239,7 @@ def test_initial_pruning_is_reproducible_and_can_restore_the_weights(digits):
     restore = AdaptivePruneFL(init_samples=40, init_steps=2, init_max_reconfigs=8,
                               keep_init_weights=False, start="mask")
     _, model_c, masks_c, _ = _initial(digits, restore, start_model=copy.deepcopy(original))
-    assert restore.init_densities[0] == pytest.approx(M.density(sim.masks))
+    assert restore.init_densities[0] == pytest.approx(M.density(sim.prepared.masks))
     before = dict(original.named_parameters())
     for name, p in model_c.named_parameters():
         expected = before[name].detach() * masks_c[name] if name in masks_c else before[name]
@@ -249,29 +253,29 @@ def test_adaptive_run_reports_the_density_it_chose(digits):
     recorder = Recorder()
     options = {"cosine.interval": 1, "cosine.stop": 1.0, "prunefl_adaptive.init_samples": 64,
                "prunefl_adaptive.init_steps": 2, "prunefl_adaptive.init_max_reconfigs": 10}
-    sim = make_simulation("prunefl+prunefl_adaptive", digits, hook=recorder, options=options)
-    policy = sim.parts.policy
+    sim = make_simulation("prunefl+prunefl_adaptive", digits, recorder=recorder, options=options)
+    policy = sim.prepared.parts.one(MaskPolicy)
     result = sim.run()
     assert [r for r, _ in policy.history] == [0, 1, 2, 3]  # initial, then rounds 1..R-1
     reported = [m["metrics"]["density"] for m in recorder.of("fedprune_round_end")]
     assert reported[:3] == pytest.approx([d for _, d in policy.history[1:]])
-    assert reported[-1] == pytest.approx(M.density(sim.masks))
-    for name, mask in sim.masks.items():
-        assert (sim.global_state[name][~mask] == 0).all()  # nothing outside the mask counts
-    assert 0 < result["density"] <= M.density(sim.masks)
+    assert reported[-1] == pytest.approx(M.density(sim.prepared.masks))
+    for name, mask in sim.prepared.masks.items():
+        assert (sim.prepared.state[name][~mask] == 0).all()  # nothing outside the mask counts
+    assert 0 < result["density"] <= M.density(sim.prepared.masks)
 
 
 def test_fixed_density_prunefl_keeps_every_layer_at_target_and_grows_zeros(digits):
     sim = make_simulation("prunefl", digits, options={"cosine.interval": 1, "cosine.stop": 1.0})
-    target = {n: int(m.sum()) for n, m in sim.masks.items()}
+    target = {n: int(m.sum()) for n, m in sim.prepared.masks.items()}
     changed = False
     for round_ in range(1, 4):
-        old = sim.masks
-        sim.round(round_, [0, 1])
-        for name, mask in sim.masks.items():
+        old = sim.prepared.masks
+        sim.step(round_, [0, 1])
+        for name, mask in sim.prepared.masks.items():
             assert int(mask.sum()) == target[name]
             grown = mask & ~old[name]
             changed |= bool(grown.any())
-            assert (sim.global_state[name][grown] == 0).all()
-            assert (sim.global_state[name][~mask] == 0).all()
+            assert (sim.prepared.state[name][grown] == 0).all()
+            assert (sim.prepared.state[name][~mask] == 0).all()
     assert changed

@@ -40,7 +40,7 @@ def test_a_plus_b_puts_the_component_into_its_slot(pm):
     method = pm.registry.method("feddst+random")
     assert method.name == "feddst+random"
     assert method.growth_criterion == "random"
-    assert method.adjust == "client"
+    assert method.strategy == "client_adjust"
 
 
 def test_unknown_names_list_what_is_available(pm):
@@ -48,8 +48,10 @@ def test_unknown_names_list_what_is_available(pm):
         pm.registry.method("fedavgg")
     with pytest.raises(FedpruneError, match="mixable component 'nope'.*Available: .*magnitude"):
         pm.registry.method("feddst+nope")
-    with pytest.raises(FedpruneError, match="mixable component 'fedavg'"):
+    with pytest.raises(FedpruneError, match="'fedavg' in 'feddst\\+fedavg' is a method, not"):
         pm.registry.method("feddst+fedavg")  # a method is not a component
+    with pytest.raises(FedpruneError, match="'fedavg' is dense"):
+        pm.registry.method("fedavg+magnitude")  # nothing in a dense method would use it
 
 
 def test_records_of_the_wrong_kind_are_rejected(pm):

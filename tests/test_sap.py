@@ -15,14 +15,15 @@ from torch import nn
 
 from fedprune.errors import FedpruneError
 from fedprune.memory import SavedTensorMeter
+from fedprune.ops.layers import CodecConv2d, CodecLinear
 from fedprune.testing import check_component, check_method
 from fedprune_plugins import sap as sap_module
-from fedprune_plugins.compact_activations import BitAct
-from fedprune_plugins.nsconv import NSConv, NSConv2d
-from fedprune_plugins.sap import SAP, SAPConv2d, SAPLinear, SAPNSConv2d
+from fedprune_plugins.components.bitact import BitAct
+from fedprune_plugins.components.nsconv import NSConv, NSConv2d
+from fedprune_plugins.components.sap import SAP
 
 
-def _sap_conv(conv: nn.Conv2d, **options) -> SAPConv2d:
+def _sap_conv(conv: nn.Conv2d, **options) -> CodecConv2d:
     conv = copy.deepcopy(conv)
     SAP(**options).apply(conv)
     return conv
@@ -111,7 +112,7 @@ def test_gradients_and_saved_bytes(case):
 
     # The weight gradient is the one of the explicitly pruned input (the cache returns the
     # encoding this forward used, as x is the same live tensor).
-    codec = conv.sap
+    codec = conv.input_codec
     pruned = codec.decode(codec.encode(x), x.shape, x.dtype)
     kept = pruned != 0
     assert torch.equal(pruned[kept], x.detach()[kept].to(torch.bfloat16).float()
@@ -237,7 +238,7 @@ def test_fused_with_nsconv_matches_unfused(stats, values):
         layer = NSConv2d.convert(copy.deepcopy(base), stats=stats, recompute=recompute)
         layer.weight_mask = mask
         SAP(gamma=0.6, threshold="exact", values=values).apply(layer)
-        assert type(layer) is SAPNSConv2d
+        assert type(layer) is NSConv2d
         layers[recompute] = layer
     x = torch.randn(3, 6, 9, 9)
     fused, unfused = _run(layers[True], x), _run(layers[False], x)
@@ -264,7 +265,7 @@ def test_fused_saves_nothing_weight_sized():
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
     with SavedTensorMeter(exclude=layer) as meter:
         layer(x)
-    values, packed = layer.sap.encode(x)
+    values, packed = layer.input_codec.encode(x)
     stats = 4 * 32 * 4  # per-channel statistics of the weight
     assert meter.bytes == values.nbytes + packed.nbytes + layer.weight_mask.nbytes + stats
 
@@ -295,13 +296,13 @@ def test_linear(shape):
     base = nn.Linear(12, 7)
     layer = copy.deepcopy(base)
     SAP(gamma=0.5, threshold="exact", linear=True).apply(layer)
-    assert type(layer) is SAPLinear
+    assert type(layer) is CodecLinear
     x = torch.randn(shape)
     out, gx, grads = _run(layer, x)
     ref_out, ref_gx, _ = _run(base, x)
     assert torch.equal(out, ref_out)
     assert torch.allclose(gx, ref_gx, atol=1e-6)
-    pruned = layer.sap.decode(layer.sap.encode(x), x.shape, x.dtype)
+    pruned = layer.input_codec.decode(layer.input_codec.encode(x), x.shape, x.dtype)
     assert int((pruned != 0).sum()) == x.numel() // 2
     _, _, ref = _run(copy.deepcopy(base), pruned)
     for name in grads:
@@ -347,7 +348,7 @@ def test_full_stack_keeps_parameters_and_trains():
     assert all(after[name] is before[name] for name in kept)
     assert set(after) == kept | {n.replace("weight", "gain") for n in kept
                                  if isinstance(before[n], nn.Parameter) and before[n].dim() == 4}
-    assert isinstance(model[3].conv1, SAPNSConv2d) and isinstance(model[6], SAPLinear)
+    assert isinstance(model[3].conv1, NSConv2d) and isinstance(model[6], CodecLinear)
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
     with SavedTensorMeter(exclude=model) as small:
         F.cross_entropy(model(x), y).backward()
@@ -365,10 +366,10 @@ def test_model_copies_and_pickles_without_the_cache():
     SAP(gamma=0.5).apply(model)
     x = torch.randn(2, 3, 8, 8)
     model(x).sum().backward()
-    codec = model[0].sap
+    codec = model[0].input_codec
     codec.encode(x)
     assert codec._cache
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert clone[0].sap is clone[3].conv1.sap is not codec
-        assert not clone[0].sap._cache
+        assert clone[0].input_codec is clone[3].conv1.input_codec is not codec
+        assert not clone[0].input_codec._cache
         clone(x).sum().backward()

@@ -20,22 +20,20 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fedprune import masks as M
-from fedprune.engine.build import (
-    MethodParts,
-    build_base_model,
-    build_parts,
-    initial_masks,
-    method_model,
-)
-from fedprune.engine.client import LocalTrainer, batches
+from fedprune.contracts import RoundPlan
+from fedprune.engine.client import LocalTrainer
 from fedprune.engine.config import MethodSettings, RunConfig
+from fedprune.engine.parts import MethodParts
 from fedprune.engine.simulation import Simulation
+from fedprune.engine.training import batches
+from fedprune.errors import FedpruneError
 from fedprune.plugins import PluginManager
 from fedprune.registry import Method
-from fedprune.seeding import numpy_generator
-from fedprune.testing import host_plugin_manager
+from fedprune.seeding import torch_generator
+from fedprune.testing import EventRecorder, host_plugin_manager, tiny_simulation
 from fedprune_plugins import sparse
-from fedprune_plugins.sparse import Cosine, SquaredGradientGrowth
+from fedprune_plugins.components.sparse import Cosine, Magnitude, SquaredGradientGrowth
+from fedprune_plugins.components.strategies import ServerAdjust
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -47,34 +45,16 @@ def plugin_manager() -> PluginManager:
     return host_plugin_manager()
 
 
-class Recorder:
-    """A lifecycle-hook relay that records every call as (hook name, keyword arguments)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict]] = []
-
-    def __getattr__(self, name: str):
-        if not name.startswith("fedprune_"):
-            raise AttributeError(name)
-        return lambda **kwargs: self.calls.append((name, kwargs))
-
-    def of(self, name: str) -> list[dict]:
-        return [kwargs for hook, kwargs in self.calls if hook == name]
+Recorder = EventRecorder
 
 
-def make_simulation(spec, data, hook=None, seed=0, options=None, **config) -> Simulation:
+def make_simulation(spec, data, recorder=None, seed=0, options=None, **config) -> Simulation:
     """A tiny run of ``spec``: cnn of width 4, 4 IID clients, 2 per round, 2 local steps."""
-    registry = plugin_manager().registry
     settings = dict(rounds=4, clients=4, clients_per_round=2, local_steps=2, batch_size=16,
                     partition="iid", eval_every=100)
-    config = RunConfig(**{**settings, **config}, options={"cnn.width": 4, **(options or {})})
-    parts = build_parts(registry, registry.method(spec), config)
-    clients = registry.get("iid", "partitioner").build().split(
-        data.train.targets, config.clients, numpy_generator(seed, "partition"))
-    base = build_base_model(registry, config, data.num_classes, data.input_shape, seed)
-    model = method_model(base, parts)
-    masks = initial_masks(model, parts, config.density, seed)
-    return Simulation(parts, config, data, clients, model, masks, seed, hook)
+    run_config = RunConfig(**{**settings, **config}, options={"cnn.width": 4, **(options or {})})
+    return tiny_simulation(spec, plugin_manager(), config=run_config, data=data, seed=seed,
+                           recorder=recorder)
 
 
 def tiny_net(seed: int = 0) -> nn.Module:
@@ -221,15 +201,16 @@ def test_grown_weights_are_zero_and_their_momentum_is_reset(seed, fraction, step
 
 
 def _prunefl_parts(**settings) -> MethodParts:
-    method = Method("prunefl", adjust="server", pruning_criterion="magnitude",
+    method = Method("prunefl", strategy="server_adjust", pruning_criterion="magnitude",
                     growth_criterion="sqgrad", schedule="cosine")
-    return MethodParts(method, MethodSettings(**settings), pruning=sparse.Magnitude(),
-                       growth=SquaredGradientGrowth(), schedule=Cosine())
+    return MethodParts(method, MethodSettings(**settings), {
+        "pruning_criterion": Magnitude(), "growth_criterion": SquaredGradientGrowth(),
+        "schedule": Cosine(), "strategy": ServerAdjust()})
 
 
 def _reference_squared_gradients(model, masks, data, indices, steps, config, seed):
     """Masked SGD written out by hand, summing g * g of every step into fresh tensors."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch_generator(seed, "client-data", 1, 0)
     params = dict(model.named_parameters())
     total = {n: torch.zeros_like(params[n]) for n in masks}
     model.train()
@@ -261,15 +242,14 @@ def test_sqgrad_through_local_training_is_the_sum_of_squared_gradients(digits, s
     indices = np.arange(seed % 1000, seed % 1000 + 64)
     reference_model = copy.deepcopy(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = LocalTrainer(model, parts, config)
+    trainer = LocalTrainer(model, parts, config, digits.train, [indices], seed)
     counts = {n: 1 for n in masks}
-    update = trainer.train(0, digits.train, indices, state, masks, counts, 1,
-                           torch.Generator().manual_seed(seed))
+    update = trainer.train(0, state, masks, RoundPlan(1, counts), lr)
     expected = _reference_squared_gradients(reference_model, masks, digits.train, indices,
                                             steps, config, seed)
-    assert set(update.scores) == set(masks)
+    assert set(update.payload) == set(masks)
     for name in masks:
-        torch.testing.assert_close(update.scores[name], expected[name], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(update.payload[name], expected[name], rtol=1e-5, atol=1e-9)
 
 
 @FAST
@@ -325,11 +305,12 @@ def test_cosine_alpha_zero_never_adjusts():
 
 @pytest.mark.parametrize("options", [{"alpha": 1.5}, {"interval": 0}, {"stop": 0}])
 def test_cosine_refuses_bad_options(options):
-    with pytest.raises(ValueError):
+    with pytest.raises(FedpruneError):
         Cosine(**options)
 
 
 def test_components_are_registered_by_kind():
     assert [c.name for c in sparse.fedprune_pruning_criteria()] == ["magnitude"]
+    assert all(isinstance(c.factory, str) for c in sparse.fedprune_growth_criteria())
     assert [c.name for c in sparse.fedprune_growth_criteria()] == ["gradient", "random", "sqgrad"]
     assert [c.name for c in sparse.fedprune_schedules()] == ["cosine"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import fedprune
 from fedprune import hookimpl
 from fedprune.errors import FedpruneError
 from fedprune.registry import Component
@@ -108,7 +109,7 @@ def test_tiny_federation_records_every_lifecycle_hook(tiny_federation):
 def test_tiny_federation_overrides_settings_and_options(tiny_federation):
     results = tiny_federation.run(["fedavg"], seeds=[0, 1], rounds=1, options={"cnn.width": 2})
     assert [(r["seed"], r["rounds"]) for r in results] == [(0, 1), (1, 1)]
-    assert results[0]["config"]["option.cnn.width"] == 2
+    assert results[0]["config"]["options"]["cnn.width"] == 2
     assert tiny_federation.config.rounds == tiny_config().rounds
 
 
@@ -239,6 +240,76 @@ def test_check_activation_compressor_catches(factory, match):
         check_activation_compressor(factory, max_examples=2)
 
 
+class _GradientFunction(torch.autograd.Function):
+    """A conv whose weight gradient is replaced (zeroed or scrambled); input gradient exact."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mode):
+        ctx.save_for_backward(x, weight)
+        ctx.mode, ctx.has_bias = mode, bias is not None
+        return nn.functional.conv2d(x, weight, bias, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1],
+            [1, 1], False, [0, 0], 1, [True, True, ctx.has_bias])
+        if ctx.mode == "zero":
+            grad_w = torch.zeros_like(grad_w)
+        else:
+            flat = grad_w.flatten()
+            grad_w = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(
+                0))].view_as(grad_w)
+        return grad_x, grad_w, grad_b, None
+
+
+class _BadGradientConv(nn.Conv2d):
+    mode = "zero"
+
+    def forward(self, x):
+        return _GradientFunction.apply(x, self.weight, self.bias, self.mode)
+
+
+class ZeroGradient:
+    """Keeps forward and the input gradient, zeroes the weight gradient."""
+
+    def apply(self, model):
+        for module in model.modules():
+            if type(module) is nn.Conv2d:
+                module.__class__ = _BadGradientConv
+
+
+class ScrambledGradient(ZeroGradient):
+    """Keeps forward and the input gradient, permutes the weight gradient."""
+
+    def apply(self, model):
+        super().apply(model)
+        for module in model.modules():
+            if isinstance(module, _BadGradientConv):
+                module.mode = "scramble"
+
+
+@pytest.mark.parametrize("factory", [ZeroGradient, ScrambledGradient])
+def test_check_activation_compressor_catches_a_wrong_weight_gradient(factory):
+    with pytest.raises(AssertionError, match="cosine similarity"):
+        check_activation_compressor(factory, max_examples=3)
+
+
+class CostsMemory(fedprune.ActivationCompressor):
+    """Keeps a second copy of every conv input: forward and gradients exact, memory worse."""
+
+    def apply(self, model):
+        for module in model.modules():
+            if type(module) is nn.Conv2d:
+                module.register_forward_pre_hook(lambda m, args: (args[0] * 1.0,))
+
+
+def test_check_activation_compressor_catches_a_compressor_that_costs_memory():
+    with pytest.raises(AssertionError, match="costs memory|no layer saves fewer"):
+        check_activation_compressor(CostsMemory, max_examples=2)
+
+
 def test_check_model_transform_catches_new_parameters():
     with pytest.raises(AssertionError, match="new Parameter"):
         check_model_transform(NewWeights, max_examples=2)
@@ -304,10 +375,13 @@ def test_check_partitioner_catches_a_lost_sample():
 
 
 class GlobalRandomGrowth:
-    """Draws from torch's global stream: two runs of one seed differ."""
+    """Draws from a generator seeded by the clock: two runs of one seed differ. (torch's global
+    stream would be reproducible: the engine seeds it around each client's work.)"""
 
     def scores(self, weights, grads):
-        return {n: torch.rand(w.shape) for n, w in weights.items()}
+        generator = torch.Generator()
+        generator.seed()
+        return {n: torch.rand(w.shape, generator=generator) for n, w in weights.items()}
 
 
 class FailingCriterion:

@@ -11,7 +11,7 @@ import fedprune
 import torch
 
 
-class Taylor:
+class Taylor(fedprune.PruningCriterion):
     """Scores |w * dL/dw|, or |w| where no gradient is at hand.
 
     The engine passes the dense gradient of one mini-batch where a client adjusts its mask, and
@@ -36,7 +36,7 @@ def fedprune_methods():
         fedprune.Method(
             "feddst_taylor",
             "FedDST whose clients prune by |w * dL/dw| instead of |w|",
-            adjust="client",
+            strategy="client_adjust",
             pruning_criterion="taylor",
             growth_criterion="gradient",
             schedule="cosine",

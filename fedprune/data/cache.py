@@ -9,7 +9,8 @@ are named ``<dataset>-<split>-<key>.images.npy`` and ``.labels.npy``; the key ha
 relative paths, sizes and modification times of the source files, so editing, adding or removing
 a source file changes the key and the split is decoded again (the outdated files are removed).
 Files are written under temporary names and renamed into place, so an interrupted decode never
-leaves a cache that looks valid.
+leaves a cache that looks valid; a cache damaged anyway (truncated, emptied, labels out of range)
+is detected when it is loaded, named in a warning and decoded again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,15 +47,25 @@ class SplitSource:
     """How to build one split: its source files, its size and a function that decodes it.
 
     ``fill(images, labels)`` writes all images into ``images`` (an (N, C, H, W) uint8 memory map)
-    and the labels into ``labels`` (int64, length N). ``count`` is a function so that datasets
-    whose size is only known after reading (CIFAR-10's pickles) pay for it only when decoding.
+    and the labels, each in ``0 .. num_classes - 1``, into ``labels`` (int64, length N).
+    ``count`` is a function so that datasets whose size is only known after reading (CIFAR-10's
+    pickles) pay for it only when decoding.
     """
 
     split: str
     files: Sequence[Path]
     shape: tuple[int, int, int]
+    num_classes: int
     count: Callable[[], int]
     fill: Fill
+
+
+class CorruptCache(DataError):
+    """A decode-cache file is there but unusable; `DecodeCache.get` decodes the split again."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"the decode cache {path} is unusable ({problem})")
+        self.path, self.problem = path, problem
 
 
 def cache_dir(data_root: Path) -> Path:
@@ -115,46 +127,57 @@ class DecodeCache:
     def nbytes(self, split: str, key: str) -> int:
         return sum(p.stat().st_size for p in self.paths(split, key) if p.is_file())
 
-    def load(
-        self, split: str, key: str, shape: tuple[int, int, int]
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The cached split as (read-only memory map, labels), or None if absent or unusable."""
-        images_path, labels_path = self.paths(split, key)
+    def load(self, source: SplitSource, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached split as (read-only memory map, labels), or None if it is not built.
+
+        A cache that is there but unusable raises `CorruptCache` naming the file: unreadable,
+        truncated or empty, images of another type or shape, a count that differs from the
+        labels', or a label outside ``0 .. num_classes - 1`` (which training would only report
+        as an out-of-bounds target, far from its cause).
+        """
+        images_path, labels_path = self.paths(source.split, key)
         if not (images_path.is_file() and labels_path.is_file()):
             return None
-        try:
-            images = np.load(images_path, mmap_mode="r")
-            labels = np.load(labels_path)
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable cache %s: %s", images_path, exc)
-            return None
-        if images.dtype != np.uint8 or images.shape[1:] != shape or len(labels) != len(images):
-            log.warning("ignoring cache %s: unexpected shape %s", images_path, images.shape)
-            return None
+        images, labels = _load_npy(images_path, mmap=True), _load_npy(labels_path, mmap=False)
+        if images.dtype != np.uint8 or images.shape[1:] != source.shape:
+            expected = f"uint8 (N, {', '.join(map(str, source.shape))})"
+            raise CorruptCache(images_path, f"{images.dtype} {images.shape}, expected {expected}")
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise CorruptCache(labels_path, f"{labels.dtype} {labels.shape}, expected int (N,)")
+        if len(labels) != len(images):
+            raise CorruptCache(labels_path, f"{len(labels)} labels for {len(images)} images")
+        if len(labels) and (labels.min() < 0 or labels.max() >= source.num_classes):
+            raise CorruptCache(labels_path, f"labels outside 0..{source.num_classes - 1}")
         return images, labels
 
     def get(self, base: Path, source: SplitSource) -> tuple[np.ndarray, np.ndarray]:
-        """The split from the cache, decoding it first if the cache is missing or outdated.
+        """The split from the cache, decoding it first if the cache is missing, outdated or
+        unusable (with a warning naming the unusable file).
 
         Processes that load the same split at once (parallel workers) decode it only once: the
         first takes a lock file, the others wait for it and then read its cache.
         """
         key = self.key(base, source)
-        cached = self.load(source.split, key, source.shape)
+        try:
+            cached = self.load(source, key)
+        except CorruptCache as exc:
+            warnings.warn(f"{exc}; decoding the split again", stacklevel=2)
+            cached = None
         if cached is not None:
             return cached
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            with _locked(self.directory / f"{self.dataset}-{source.split}.lock"):
+                with contextlib.suppress(CorruptCache):  # built by another process meanwhile?
+                    if (cached := self.load(source, key)) is not None:
+                        return cached
+                return self.build(source, key)
         except OSError as exc:
+            origin = f"from ${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the default"
             raise DataError(
-                f"cannot create the decode cache {self.directory}: {exc.strerror}; "
-                f"set ${CACHE_ENV} to a writable directory"
+                f"cannot write the decode cache directory {self.directory} ({origin}): "
+                f"{exc.strerror}; set ${CACHE_ENV} to a writable directory with free space"
             ) from None
-        with _locked(self.directory / f"{self.dataset}-{source.split}.lock"):
-            cached = self.load(source.split, key, source.shape)
-            if cached is not None:
-                return cached
-            return self.build(source, key)
 
     def build(self, source: SplitSource, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Decode ``source`` into the cache under ``key`` (the directory must exist)."""
@@ -192,7 +215,7 @@ class DecodeCache:
                 old.unlink()
         elapsed = time.perf_counter() - started
         log.info("decoded %s/%s in %.1f s", self.dataset, source.split, elapsed)
-        loaded = self.load(source.split, key, source.shape)
+        loaded = self.load(source, key)
         if loaded is None:  # pragma: no cover - only if the file system lost the files
             raise DataError(f"the decode cache {images_path} could not be read back")
         return loaded
@@ -204,6 +227,16 @@ class DecodeCache:
             pid = path.name.rsplit(".", 2)[-2].split("-")[0]
             if pid.isdigit() and not _alive(int(pid)):
                 path.unlink(missing_ok=True)
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":  # np.load would try it as a pickle, and refuse that
+                raise CorruptCache(path, "not a .npy file" if f.tell() else "empty file")
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CorruptCache(path, f"truncated or unreadable: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -237,15 +270,19 @@ def _alive(pid: int) -> bool:
 
 def list_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Files in ``directory`` whose suffix (any case) is in ``suffixes``, sorted by name."""
-    with os.scandir(directory) as entries:
-        names = sorted(e.name for e in entries if e.name.lower().endswith(suffixes))
+    try:
+        with os.scandir(directory) as entries:
+            names = sorted(e.name for e in entries if e.name.lower().endswith(suffixes))
+    except OSError as exc:
+        raise DataError(f"cannot list {directory}: {exc.strerror}") from None
     return [directory / name for name in names]
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
     """One image file as a (3, size, size) uint8 array; grey-scale and palette images become RGB.
 
-    A file that cannot be decoded or has the wrong size raises `DataError` naming it.
+    A file that cannot be read or decoded, or has the wrong size, raises `DataError` naming it;
+    so does one Pillow refuses as a decompression bomb (a header claiming a huge image).
     """
     try:
         with Image.open(path) as im:
@@ -256,7 +293,14 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             rgb = im.convert("RGB")
     except DataError:
         raise
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        reason = f"expected a {size}x{size} image, got a far larger one ({exc})"
+        raise DataError(f"{path}: {reason}") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the file system, not the image data
+            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
@@ -266,14 +310,15 @@ def decode_images(paths: Sequence[Path], out: np.ndarray, size: int) -> None:
 
     One thread: decoding happens once per dataset, and on small images Python's per-image
     overhead, not the codec, dominates, so threads did not make it faster (docs/datasets.md).
+    Pillow only warns about a header claiming a large image; here that is an error naming it.
     """
-    for i, path in enumerate(paths):
-        out[i] = decode_image(path, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for i, path in enumerate(paths):
+            out[i] = decode_image(path, size)
 
 
-def cached_splits(
-    info, folder: Path, splits: dict[str, SplitSource], num_classes: int | None = None
-) -> DatasetSplits:
+def cached_splits(info, folder: Path, splits: dict[str, SplitSource]) -> DatasetSplits:
     """Train and test splits of ``folder``, decoded once into the cache, as array datasets.
 
     Training images get the dataset's standard augmentation (random crop with
@@ -286,6 +331,6 @@ def cached_splits(
         train=ArrayDataset(x_train, y_train, info.mean, info.std, augment_pad=info.augment_pad,
                            flip=True),
         test=ArrayDataset(x_test, y_test, info.mean, info.std),
-        num_classes=num_classes or info.num_classes,
+        num_classes=splits["train"].num_classes,
         name=info.name,
     )

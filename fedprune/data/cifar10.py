@@ -78,10 +78,12 @@ def read_batch(path: Path) -> dict[str, Any]:
 def _read_images(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     batch = read_batch(path)
     if "data" not in batch or "labels" not in batch:
-        raise DataError(f"{path}: not a CIFAR-10 batch (keys {sorted(batch)})")
-    data, labels = batch["data"], np.asarray(batch["labels"], dtype=np.int64)
+        raise DataError(f"{path}: not a CIFAR-10 batch (keys {sorted(map(str, batch))})")
+    data, labels = batch["data"], _int_array(batch["labels"])
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072)")
+    if labels is None:
+        raise DataError(f"{path}: 'labels' must be a list of integers")
     if data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DataError(
             f"{path}: 'data' has shape {data.shape} and {len(labels)} labels; "
@@ -92,12 +94,23 @@ def _read_images(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _int_array(value: Any) -> np.ndarray | None:
+    """``value`` as a 1-D int64 array if it is a sequence of integers, else None."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged nesting
+        return None
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        return None
+    return array.astype(np.int64)
+
+
 def read_label_names(folder: Path) -> list[str]:
     meta = read_batch(folder / META_FILE)
     names = meta.get("label_names")
     if not isinstance(names, list) or not names:
         raise DataError(f"{folder / META_FILE}: no 'label_names' list")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
 
 
 def _source(folder: Path, split: str, files: tuple[str, ...], num_classes: int) -> SplitSource:
@@ -119,6 +132,7 @@ def _source(folder: Path, split: str, files: tuple[str, ...], num_classes: int) 
         split=split,
         files=paths,
         shape=(3, 32, 32),
+        num_classes=num_classes,
         count=lambda: sum(len(y) for _, y in batches()),
         fill=fill,
     )

@@ -66,7 +66,8 @@ def _source(folder: Path, name: str, parts: tuple[str, ...]) -> SplitSource:
         labels[:] = all_labels
 
     return SplitSource(
-        split=name, files=files, shape=(3, 32, 32), count=lambda: len(files), fill=fill
+        split=name, files=files, shape=(3, 32, 32), num_classes=len(CLASSES),
+        count=lambda: len(files), fill=fill,
     )
 
 

@@ -16,6 +16,7 @@ flips; both splits are normalised with TinyImageNet's channel statistics.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,30 @@ from fedprune.errors import DataError
 F = TINYIMAGENET.folder
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; `DataError` naming it if it cannot be read or decoded."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {exc.start}); restore the official file (move {F} "
+            "away and run: fedprune data download tinyimagenet)"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+
+
 def read_wnids(folder: Path) -> list[str]:
     """The class ids of ``wnids.txt``, sorted."""
     path = folder / "wnids.txt"
-    wnids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    wnids = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if not wnids:
         raise DataError(f"{path}: no class ids")
     if len(set(wnids)) != len(wnids):
         raise DataError(f"{path}: duplicate class ids")
+    # Each id names a folder under train/: nothing that could point elsewhere.
+    if bad := next((w for w in wnids if not re.fullmatch(r"[\w-]+", w)), None):
+        raise DataError(f"{path}: {bad!r} is not a class id (letters, digits, '_' and '-' only)")
     return sorted(wnids)
 
 
@@ -58,10 +75,10 @@ def list_val(folder: Path, wnids: list[str]) -> tuple[list[Path], np.ndarray]:
     """The labelled validation images listed in ``val_annotations.txt``, sorted by file name."""
     annotations = folder / "val" / "val_annotations.txt"
     images = folder / "val" / "images"
-    present = set(os.listdir(images))
+    present = {p.name for p in list_files(images, (".jpeg", ".jpg"))}
     index = {wnid: i for i, wnid in enumerate(wnids)}
     labelled: dict[str, int] = {}
-    text = annotations.read_text(encoding="utf-8")
+    text = read_text(annotations)
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -80,7 +97,9 @@ def list_val(folder: Path, wnids: list[str]) -> tuple[list[Path], np.ndarray]:
     return [images / n for n in names], np.asarray([labelled[n] for n in names], dtype=np.int64)
 
 
-def _source(split: str, listed: tuple[list[Path], np.ndarray], extra: list[Path]) -> SplitSource:
+def _source(
+    split: str, listed: tuple[list[Path], np.ndarray], extra: list[Path], num_classes: int
+) -> SplitSource:
     files, all_labels = listed
 
     def fill(images: np.ndarray, labels: np.ndarray) -> None:
@@ -89,8 +108,8 @@ def _source(split: str, listed: tuple[list[Path], np.ndarray], extra: list[Path]
 
     size = TINYIMAGENET.image_size
     return SplitSource(
-        split=split, files=[*files, *extra], shape=(3, size, size), count=lambda: len(files),
-        fill=fill,
+        split=split, files=[*files, *extra], shape=(3, size, size), num_classes=num_classes,
+        count=lambda: len(files), fill=fill,
     )
 
 
@@ -101,11 +120,12 @@ def sources(root: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str,
     # wnids.txt decides the labels of both splits, so it is part of both cache keys.
     wnids_file = folder / "wnids.txt"
     return folder, {
-        "train": _source("train", list_train(folder, wnids), [wnids_file]),
+        "train": _source("train", list_train(folder, wnids), [wnids_file], len(wnids)),
         "test": _source(
             "val",
             list_val(folder, wnids),
             [wnids_file, folder / "val" / "val_annotations.txt"],
+            len(wnids),
         ),
     }
 
@@ -117,4 +137,4 @@ def load_tinyimagenet(root: str | os.PathLike[str] | None = None) -> DatasetSpli
     else ``~/.cache/fedprune/data``). Decoded once into the cache.
     """
     folder, splits = sources(root)
-    return cached_splits(TINYIMAGENET, folder, splits, len(read_wnids(folder)))
+    return cached_splits(TINYIMAGENET, folder, splits)

@@ -1,203 +1,221 @@
-"""The round loop of one (method, seed) run, simulated in one process.
+"""The round loop of one run, simulated in one process, and the evaluation of the global model.
 
-Data flows one way: sample clients -> each trains the shared model from the global state ->
-the aggregator folds its update in -> the server sets the new global weights and masks ->
-evaluation -> observers. Plugins are called at named points; the loop knows no method by name.
+Data flows one way: the strategy plans the round -> the sampled clients train the shared model
+from the global state, one after another -> the aggregator and the strategy fold each update in
+as it arrives -> the strategy sets the new masks -> evaluation -> observers. Where and how masks
+change is entirely the strategy's (`fedprune.contracts.Strategy`); the loop knows no method.
 """
 
 from __future__ import annotations
 
-import copy
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fedprune import comm
 from fedprune import masks as M
-from fedprune.data.base import ArrayDataset, DatasetSplits
+from fedprune.contracts import ClientResult, MaskPolicy
+from fedprune.data.base import ArrayDataset
 from fedprune.engine.aggregate import Aggregator
-from fedprune.engine.build import MethodParts, bind_masks
-from fedprune.engine.client import ClientUpdate, LocalTrainer, batches
-from fedprune.engine.config import RunConfig
-from fedprune.engine.events import ClientReport, RunInfo
-from fedprune.memory import measure_training_step
-from fedprune.seeding import torch_generator
+from fedprune.engine.events import ClientReport, Observers, RunInfo
+from fedprune.engine.prepare import PreparedRun
+from fedprune.engine.training import seeded
+from fedprune.errors import Diverged
+from fedprune.ops.layers import bind_masks
 
 
 class Simulation:
-    """Federated training of ``model`` (already transformed for the method) from ``masks``."""
+    """Federated training of a `PreparedRun` for ``config.rounds`` rounds."""
 
-    def __init__(
-        self,
-        parts: MethodParts,
-        config: RunConfig,
-        data: DatasetSplits,
-        client_indices: list[np.ndarray],
-        model: nn.Module,
-        masks: dict[str, torch.Tensor] | None,
-        seed: int,
-        hook: Any = None,
-        run: RunInfo | None = None,
-    ) -> None:
-        self.parts, self.config, self.data, self.seed = parts, config, data, seed
-        self.client_indices = client_indices
-        self.device = torch.device(config.device)
-        self.model = model.to(self.device)
-        self.masks = {n: m.to(self.device) for n, m in masks.items()} if masks else None
-        self.hook = hook
-        self.run_info = run or RunInfo(parts.method.name, seed, config)
-        self.trainer = LocalTrainer(self.model, parts, config)
-        self.prunable = self.trainer.prunable
-        if self.masks:
-            # The policy sees the unmasked initial weights: it may start from the dense model.
-            if hasattr(parts.policy, "initial"):
-                self.masks = parts.policy.initial(
-                    self.model, self.masks, data.train, client_indices, config,
-                    torch_generator(seed, "mask-policy-initial"),
-                )
-            M.apply_masks(self.trainer.params, self.masks)
-        self.global_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+    def __init__(self, run: PreparedRun, observers: Observers | None = None,
+                 info: RunInfo | None = None) -> None:
+        self.prepared = run
+        self.config = run.config
+        self.device = torch.device(run.config.device)
+        self.observers = observers or Observers(None)
+        self.info = info or RunInfo(run.parts.method.name, run.seed, run.config)
+        self.strategy = run.parts.strategy
+        self.prunable = run.trainer.prunable
+        policy = run.parts.one(MaskPolicy)
+        self.fixed_size = self.strategy.fixed_size and (policy is None or policy.fixed_size)
         self.history: list[dict[str, float]] = []
+        self.adjustments: list[dict[str, float]] = []
         self.upload_bytes = 0
         self.download_bytes = 0
+        self.round = 0  # the last completed round
+        self.elapsed = 0.0  # seconds of this process's rounds so far
+        self.earlier_seconds = 0.0  # seconds of the rounds before a resume
 
     # ------------------------------------------------------------------------------------ loop
 
-    def run(self) -> dict[str, Any]:
-        """Train for ``config.rounds`` rounds; the run's results.json fields."""
+    def run(self, after_round: Callable[[Simulation], None] | None = None) -> dict[str, Any]:
+        """Train the remaining rounds; the run's results.json fields. ``after_round`` is called
+        after every completed round (the bench checkpoints there)."""
         start = time.perf_counter()
-        sampler = torch_generator(self.seed, "client-sampling")
         config = self.config
-        for round_ in range(1, config.rounds + 1):
-            chosen = torch.randperm(config.clients, generator=sampler)[: config.clients_per_round]
-            metrics = self.round(round_, sorted(chosen.tolist()))
+        while self.round < config.rounds:
+            self.elapsed = time.perf_counter() - start
+            round_ = self.round + 1
+            metrics = self.step(round_, self.prepared.sample_clients(round_))
             if round_ % config.eval_every == 0 or round_ == config.rounds:
-                accuracy, loss = self.evaluate(self.data.test)
+                accuracy, loss = self.evaluate(self.prepared.federation.data.test)
                 metrics.update(accuracy=accuracy, loss=loss)
                 self.history.append({"round": round_, "accuracy": accuracy, "loss": loss})
-            self._call("fedprune_round_end", run=self.run_info, round=round_, metrics=metrics)
-        return self.summary(time.perf_counter() - start)
+            self.round = round_
+            self.observers.round_end(self.info, round_, metrics)
+            if after_round is not None:
+                self.elapsed = time.perf_counter() - start
+                after_round(self)
+        return self.summary(self.earlier_seconds + time.perf_counter() - start)
 
-    def round(self, round_: int, clients: list[int]) -> dict[str, float]:
-        """One round: local training of ``clients``, aggregation, server-side mask update."""
-        parts, masks = self.parts, self.masks
-        self.round_ = round_
-        fraction = 0.0
-        if parts.method.adjust and parts.schedule is not None:
-            fraction = float(parts.schedule.fraction(round_, self.config.rounds))
-        counts = M.adjustment_counts(masks, fraction) if masks and fraction > 0 else {}
-        aggregator = Aggregator(self.global_state, masks)
-        down = comm.state_bytes(self.global_state, masks, positions=True)
-        losses, round_up = [], 0
+    def step(self, round_: int, clients: list[int]) -> dict[str, float]:
+        """One round: local training of ``clients``, aggregation, the strategy's new masks."""
+        run, strategy = self.prepared, self.strategy
+        masks = run.masks
+        lr = self.config.learning_rate(round_)
+        plan = strategy.plan(run, round_)
+        strategy.begin_round(run, plan)
+        aggregator = Aggregator(run.state, masks)
+        down = comm.state_bytes(run.state, masks, positions=True)
+        losses, round_up, client_metrics = [], 0, []
         for client in clients:
-            generator = torch_generator(self.seed, "client-data", round_, client)
-            update = self.trainer.train(
-                client, self.data.train, self.client_indices[client], self.global_state,
-                masks, counts, round_, generator,
-            )
-            up = self._upload_bytes(update)
-            aggregator.add(update.state, update.samples, update.masks, update.scores)
+            with seeded(run.seed, "client", round_, client, device=self.device):
+                update = run.trainer.train(client, run.state, masks, plan, lr)
+            up = self._upload_bytes(update.state, update.masks, update.payload)
+            aggregator.add(update.state, update.samples, update.masks)
+            strategy.fold(run, plan, client, update.samples, update.state,
+                          ClientResult(update.masks, update.payload))
             losses.append(update.loss)
+            client_metrics.append(update.metrics)
             round_up += up
-            report = ClientReport(client, update.samples, update.steps, update.loss, up, down)
-            self._call("fedprune_client_trained", run=self.run_info, round=round_, client=report)
-        state, votes, scores = aggregator.result(self.global_state)
+            report = ClientReport(client, update.samples, update.steps, update.loss, up, down,
+                                  update.metrics)
+            self.observers.client_trained(self.info, round_, report)
+        state, votes = aggregator.result(run.state)
+        metrics: dict[str, float] = {}
         if masks is not None:
-            new_masks = self._server_masks(state, votes, scores, counts)
-            if any(not torch.equal(new_masks[n], masks[n]) for n in masks):
-                self._call("fedprune_masks_updated", run=self.run_info, round=round_,
-                           masks=new_masks)
-            self.masks = new_masks
-        self.global_state = state
+            new = strategy.server_masks(run, plan, state, votes)
+            assert new is not None, "a sparse method's strategy returned no masks"
+            for name, mask in new.items():
+                state[name].masked_fill_(~mask, 0)
+            self._check_masks(new, round_)
+            pruned = sum(int((masks[n] & ~new[n]).sum()) for n in new)
+            grown = sum(int((new[n] & ~masks[n]).sum()) for n in new)
+            if pruned or grown:
+                self.observers.masks_updated(self.info, round_, new)
+            if plan.adjusting:
+                entry = {"round": round_, "pruned": pruned, "grown": grown}
+                entry.update(_mean_metrics(client_metrics))
+                self.adjustments.append(entry)
+                metrics.update({k: v for k, v in entry.items() if k != "round"})
+            run.masks = new
+        self._check_finite(state, round_)
+        run.state = state
         round_down = down * len(clients)
         self.upload_bytes += round_up
         self.download_bytes += round_down
-        return {
+        metrics.update({
             "train_loss": float(np.mean(losses)),
-            "upload_bytes": float(round_up),
-            "download_bytes": float(round_down),
-            "density": M.density(self.masks) if self.masks else 1.0,
+            "lr": lr,
+            "round_upload_bytes": float(round_up),
+            "round_download_bytes": float(round_down),
+            "density": M.density(run.masks) if run.masks else 1.0,
+        })
+        return metrics
+
+    def _upload_bytes(self, state, masks, payload) -> int:
+        """Weights (positions only when the client changed its mask) plus the payload."""
+        positions = masks is not None
+        total = comm.state_bytes(state, masks if positions else self.prepared.masks, positions)
+        return total + comm.payload_bytes(payload)
+
+    def _check_masks(self, masks: dict[str, torch.Tensor], round_: int) -> None:
+        """Fixed-size strategies never exceed any layer's target count, whatever the scores."""
+        if not self.fixed_size:
+            return
+        over = [f"{n} ({int(m.sum())} > {self.prepared.targets[n]})" for n, m in masks.items()
+                if int(m.sum()) > self.prepared.targets[n]]
+        if over:
+            raise RuntimeError(
+                f"round {round_}: the strategy {type(self.strategy).__name__} grew masks above "
+                f"their target counts: {', '.join(over[:3])}"
+            )
+
+    @staticmethod
+    def _check_finite(state: dict[str, torch.Tensor], round_: int) -> None:
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise Diverged(f"the global weights became non-finite ({name})", round_)
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the rest of the run depends on, at a round boundary."""
+        run = self.prepared
+        policy = run.parts.one(MaskPolicy)
+        return {
+            "round": self.round,
+            "state": run.state,
+            "masks": run.masks,
+            "sampler": run.sampler.get_state(),
+            "strategy": self.strategy.state_dict(),
+            "policy": policy.state_dict() if policy is not None else {},
+            "client_states": run.trainer.client_states,
+            "history": self.history,
+            "adjustments": self.adjustments,
+            "upload_bytes": self.upload_bytes,
+            "download_bytes": self.download_bytes,
+            "wall_seconds": self.earlier_seconds + self.elapsed,
         }
 
-    def _server_masks(self, state, votes, scores, counts) -> dict[str, torch.Tensor]:
-        """Vote and re-prune each layer to its current size; then, in server-side adjustment
-        rounds, the mask policy or the fixed-count prune-and-grow."""
-        pruning, settings, policy = self.parts.pruning, self.parts.settings, self.parts.policy
-        new, prune_scores = {}, {}
-        for name, old in self.masks.items():
-            weight = state[name]
-            prune = pruning.scores(weight, None) if pruning is not None else weight.abs()
-            voted = votes[name] > settings.min_votes
-            new[name] = M.keep_top(prune, voted, int(old.sum()), tiebreak=votes[name])
-            prune_scores[name] = prune
-        if self.parts.method.adjust == "server" and counts and scores:
-            if policy is not None:
-                new = policy.update(new, {n: state[n] for n in new}, scores, counts,
-                                    self.round_, self.config.rounds)
-            else:
-                for name, mask in new.items():
-                    new[name], _ = M.prune_and_grow(
-                        mask, prune_scores[name], scores[name], counts[name])
-        for name, mask in new.items():
-            state[name].masked_fill_(~mask, 0)
-        return new
-
-    def _upload_bytes(self, update: ClientUpdate) -> int:
-        """Weights (positions only when the client changed its mask) plus any growth scores."""
-        masks = update.masks if update.masks is not None else self.masks
-        total = comm.state_bytes(update.state, masks, positions=update.masks is not None)
-        for name, score in (update.scores or {}).items():
-            nnz = update.score_nnz[name] if update.score_nnz else score.numel()
-            total += comm.sparse_bytes(score.numel(), nnz, score.element_size())
-        return total
-
-    # ------------------------------------------------------------------------- measurement
-
-    def measure_memory(self) -> dict[str, int | None]:
-        """One training step of the client model as it will train (current masks bound), on one
-        training batch, measured by `fedprune.memory.measure_training_step`.
-
-        It runs on a copy of the model under a forked RNG, so components' private state (e.g.
-        SAP's sampling generator) and the global generator (dropout) are untouched: measuring
-        never changes a run's results.
-        """
-        model = copy.deepcopy(self.model)
-        bind_masks(model, self.masks)
-        index = next(batches(self.client_indices[0], self.config.batch_size, 1,
-                             torch_generator(self.seed, "memory-batch")))
-        x, y = self.data.train.batch(index, train=True)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            report = measure_training_step(
-                model, x.to(self.device), y.to(self.device), self.masks,
-                lr=self.config.lr, momentum=self.config.momentum,
-            )
-        return report.as_dict()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        run = self.prepared
+        self.round = int(state["round"])
+        run.state = dict(state["state"])
+        run.masks = dict(state["masks"]) if state["masks"] is not None else None
+        run.sampler.set_state(state["sampler"])
+        self.strategy.load_state_dict(state["strategy"])
+        policy = run.parts.one(MaskPolicy)
+        if policy is not None:
+            policy.load_state_dict(state["policy"])
+        run.trainer.client_states = dict(state["client_states"])
+        self.history = list(state["history"])
+        self.adjustments = list(state["adjustments"])
+        self.upload_bytes = int(state["upload_bytes"])
+        self.download_bytes = int(state["download_bytes"])
+        self.earlier_seconds = float(state["wall_seconds"])
+        run.model.load_state_dict(run.state)
+        bind_masks(run.model, run.masks)
 
     # ------------------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
     def evaluate(self, dataset: ArrayDataset) -> tuple[float, float]:
         """Accuracy and mean loss of the global model on ``dataset``."""
-        self.model.load_state_dict(self.global_state)
-        bind_masks(self.model, self.masks)
-        self.model.eval()
+        model = self.prepared.model
+        model.load_state_dict(self.prepared.state)
+        bind_masks(model, self.prepared.masks)
+        model.eval()
         correct, loss, size = 0, 0.0, len(dataset)
-        for start in range(0, size, self.config.eval_batch_size):
-            x, y = dataset.batch(np.arange(start, min(start + self.config.eval_batch_size, size)))
+        batch = self.config.eval_batch_size
+        for start in range(0, size, batch):
+            x, y = dataset.batch(np.arange(start, min(start + batch, size)))
             x, y = x.to(self.device), y.to(self.device)
-            out = self.model(x)
+            out = model(x)
             loss += float(F.cross_entropy(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
+        if not math.isfinite(loss):
+            raise Diverged("the evaluation loss became non-finite", self.round + 1)
         return correct / size, loss / size
 
     def measured_density(self) -> float:
         """Non-zero fraction of the prunable weights of the global model (measured, not masks)."""
-        tensors = [self.global_state[name] for name in self.prunable]
+        tensors = [self.prepared.state[name] for name in self.prunable]
         return sum(int(t.count_nonzero()) for t in tensors) / sum(t.numel() for t in tensors)
 
     def summary(self, wall_seconds: float) -> dict[str, Any]:
@@ -213,8 +231,11 @@ class Simulation:
             "download_bytes": self.download_bytes,
             "wall_seconds": wall_seconds,
             "history": self.history,
+            "adjustments": self.adjustments,
         }
 
-    def _call(self, name: str, **kwargs: Any) -> None:
-        if self.hook is not None:
-            getattr(self.hook, name)(**kwargs)
+
+def _mean_metrics(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Per-name plain mean over the clients that reported the metric."""
+    names = sorted({k for m in metrics for k in m})
+    return {k: float(np.mean([m[k] for m in metrics if k in m])) for k in names}
