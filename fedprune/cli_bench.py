@@ -118,9 +118,9 @@ def bench(ctx: click.Context, **kw: Any) -> None:
     click.echo(f"results: {output / 'results.json'}")
     failed = [r for r in results if r.get("status") != "ok"]
     if failed:
-        for r in failed:
-            console.print(f"[red]{r['key']} {r['status']}:[/] {r.get('error', '')}",
-                          markup=True, highlight=False)
+        for r in failed:  # one plain line each, never wrapped
+            why = r.get("error") or f"after round {r.get('round')}"
+            click.echo(f"{r['key']} {r['status']}: {why}", err=True)
         sys.exit(1)
 
 

@@ -87,14 +87,14 @@ def memory(**kw: Any) -> None:
             if len(values) > 1:
                 raise FedpruneError(f"-o {key}: memory measures one setting; sweep with bench")
             options[key] = values[0]
-        values = {f.name: kw[f.name] for f in config_fields()}
+        settings = {f.name: kw[f.name] for f in config_fields()}
         if kw["input_shape"]:
-            values["dataset"] = "synthetic"
+            settings["dataset"] = "synthetic"
             options.update({"synthetic.shape": kw["input_shape"],
                             "synthetic.classes": kw["num_classes"],
                             "synthetic.size": max(640, 10 * kw["batch_size"])})
-        values["density"] = float(values["density"])
-        config = RunConfig(**values, options=options)
+        settings["density"] = float(settings["density"])
+        config = RunConfig(**settings, options=options)
         methods = resolve_methods(pm, specs, [config])
     except ValueError:
         raise click.BadParameter(f"{kw['density']!r} is not a number",

@@ -23,7 +23,7 @@ from fedprune.errors import FedpruneError
               help="Show the options of component or method NAME and their defaults.")
 def plugins(as_json: bool, options_of: str | None) -> None:
     """List installed plugins, what each registers, and the methods' slots."""
-    from fedprune.registry import MIXABLE_KINDS
+    from fedprune.registry import MIXABLE_KINDS, Method
 
     pm = plugin_manager(strict=False)
     try:
@@ -57,6 +57,7 @@ def plugins(as_json: bool, options_of: str | None) -> None:
     for name in ("method", "summary", "slots"):
         methods.add_column(name)
     for m in registry.records("method"):
+        assert isinstance(m, Method)
         slots = "\n".join(f"{k}: {v}" for k, v in m.slots().items() if v)
         methods.add_row(m.name, m.summary, slots or "-")
     out.print(methods)

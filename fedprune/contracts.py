@@ -81,7 +81,7 @@ class ClientContext:
 
     model: nn.Module
     params: dict[str, nn.Parameter]
-    prunable: dict[str, nn.Module]
+    prunable: dict[str, nn.Conv2d | nn.Linear]
     masks: Masks | None
     plan: RoundPlan
     client: int
@@ -142,8 +142,12 @@ class ServerContext(Protocol):
     masks: Masks | None
     state: dict[str, Tensor]
     model: nn.Module
-    num_clients: int
-    client_sizes: list[int]
+
+    @property
+    def num_clients(self) -> int: ...
+
+    @property
+    def client_sizes(self) -> list[int]: ...
 
     def generator(self, *keys: object) -> torch.Generator: ...
 
@@ -252,6 +256,10 @@ class ActivationCompressor:
 
     def apply(self, model: nn.Module) -> None:
         raise NotImplementedError
+
+    def calibrate(self, model: nn.Module, inputs: Tensor) -> None:
+        """Once after `apply`, with one training batch: a compressor may look at the autograd
+        graph (e.g. to leave alone layers whose input another op keeps anyway)."""
 
     def skipped(self) -> dict[str, str]:
         return {}
@@ -467,9 +475,9 @@ def adapt(obj: Any, contract: type[C], label: str) -> C:
     if klass is None:
         klass = type(f"Adapted{contract.__name__}", (_Adapted, contract), {})
         _ADAPTERS[contract] = klass
-    wrapper = object.__new__(klass)
+    wrapper: Any = object.__new__(klass)
     object.__setattr__(wrapper, "_inner", obj)
     for name in _interface(contract):
         if hasattr(obj, name):
             object.__setattr__(wrapper, name, getattr(obj, name))
-    return wrapper  # type: ignore[return-value]
+    return wrapper

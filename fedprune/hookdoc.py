@@ -82,7 +82,7 @@ def _cell(text: str) -> str:
 
 
 def _summary(func) -> str:
-    return _cell(_inline(inspect.getdoc(func).split("\n\n")[0].replace("\n", " ")))
+    return _cell(_inline((inspect.getdoc(func) or "").split("\n\n")[0].replace("\n", " ")))
 
 
 def _signature(name: str, func) -> str:
@@ -175,10 +175,10 @@ def render() -> str:
     out += _method_record()
     out += ["## Objects components and observers receive", "",
             rst_to_markdown(events.__doc__ or "").strip(), ""]
-    for cls in (contracts.RoundPlan, contracts.ClientContext, contracts.ClientResult):
-        out += _record(f"fedprune.{cls.__name__}", cls)
-    for cls in (events.BenchInfo, events.RunInfo, events.ClientReport):
-        out += _record(f"fedprune.engine.events.{cls.__name__}", cls)
+    for record in (contracts.RoundPlan, contracts.ClientContext, contracts.ClientResult):
+        out += _record(f"fedprune.{record.__name__}", record)
+    for event in (events.BenchInfo, events.RunInfo, events.ClientReport):
+        out += _record(f"fedprune.engine.events.{event.__name__}", event)
     out += _record("fedprune.engine.config.RunConfig", RunConfig)
     return "\n".join(out).rstrip() + "\n"
 

@@ -50,7 +50,8 @@ def _registration_doc(kind: Kind) -> str:
 
 
 def _registration_hook(kind: Kind) -> Callable[[], Iterable[Component | Method]]:
-    def spec() -> Iterable[Component | Method]: ...
+    def spec() -> Iterable[Component | Method]:
+        return ()
 
     spec.__name__ = spec.__qualname__ = f"fedprune_{kind.hook}"
     spec.__doc__ = _registration_doc(kind)

@@ -18,7 +18,10 @@ from fedprune.errors import FedpruneError
 Masks = dict[str, torch.Tensor]
 
 
-def prunable_parameters(model: nn.Module, prune_classifier: bool = False) -> dict[str, nn.Module]:
+Prunable = nn.Conv2d | nn.Linear
+
+
+def prunable_parameters(model: nn.Module, prune_classifier: bool = False) -> dict[str, Prunable]:
     """Names of conv and linear weights, mapped to their module.
 
     Biases, normalisation parameters and gains are never prunable. The classifier (the last

@@ -123,8 +123,8 @@ def test_every_method_gets_the_same_initial_weights(pm, digits, tmp_path, monkey
     seen = {}
     real = prepare_module.method_model
 
-    def spy(base, parts):
-        model = real(base, parts)
+    def spy(base, parts, example=None):
+        model = real(base, parts, example)
         seen[parts.method.name] = ({k: v.clone() for k, v in model.state_dict().items()}, base)
         return model
 

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from servers import free_port, http_ok, serve
 
 from fedprune.cli import main
 from fedprune.tracking import TrackingWarning
@@ -34,13 +31,24 @@ def check_runs(uri: str, methods: list[str], rounds: int) -> None:
     parent = parents[0]
     assert parent.data.params["methods"] == ",".join(methods)
     assert sorted(c.data.tags["fedprune.method"] for c in children) == sorted(methods)
+    exp = client.get_experiment_by_name("fedprune")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the training view
+    assert "fedprune.provenance.torch" in parent.data.tags
     for child in children:
+        method = child.data.tags["fedprune.method"]
+        assert child.info.run_name == f"{method} d=0.2 seed=0"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.params["rounds"] == str(rounds)
         assert child.data.tags["fedprune.status"] == "ok"
+        assert child.data.tags["fedprune.provenance.threads"]
         history = client.get_metric_history(child.info.run_id, "accuracy")
         assert sorted(m.step for m in history) == list(range(1, rounds + 1))
-        assert "final_accuracy" in child.data.metrics
+        assert "final_accuracy" in child.data.metrics and "rounds" not in child.data.metrics
+        per_round = client.get_metric_history(child.info.run_id, "round_upload_bytes")
+        assert sorted(m.step for m in per_round) == list(range(1, rounds + 1))
+        [total] = client.get_metric_history(child.info.run_id, "upload_bytes")
+        assert total.value == sum(m.value for m in per_round)  # the total, logged once
+        assert f"{method}.d0.2.final_accuracy" in parent.data.metrics
         artifact = client.download_artifacts(child.info.run_id, "results.json")
         assert json.loads(Path(artifact).read_text())[0]["method"] == child.data.tags[
             "fedprune.method"]
@@ -72,7 +80,7 @@ def test_environment_variable_overrides_the_default(tmp_path, tiny_args, monkeyp
 
 def test_unreachable_tracking_server_costs_no_results(tmp_path, tiny_args):
     out = tmp_path / "out"
-    port = _free_port()
+    port = free_port()
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
     with pytest.warns(TrackingWarning, match="MLflow tracking at .* failed"):
         result = CliRunner().invoke(
@@ -82,42 +90,17 @@ def test_unreachable_tracking_server_costs_no_results(tmp_path, tiny_args):
     assert json.loads((out / "results.json").read_text())[0]["status"] == "ok"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "server.db"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
            "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_SERVER_ALLOWED_HOSTS": "*"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start: " + proc.stderr.read().decode())
-            time.sleep(0.5)
+    with serve(cmd, tmp_path / "mlflow-server.log", http_ok(url + "/health"), env=env):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_bench_logs_to_a_real_mlflow_server(mlflow_server, tmp_path, tiny_args):

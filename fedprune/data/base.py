@@ -49,7 +49,7 @@ class ArrayDataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        return tuple(self.images.shape[1:])
 
     def batch(
         self, index: np.ndarray, train: bool = False, generator: torch.Generator | None = None

@@ -210,7 +210,7 @@ def fetch(
                 continue
             raise DataError(f"downloading {url} failed: HTTP {exc.code} {exc.reason}") from None
         except (OSError, http.client.HTTPException, _Interrupted) as exc:
-            if getattr(exc, "filename", None) is not None:  # the part file, not the network
+            if isinstance(exc, OSError) and exc.filename is not None:  # the part file
                 raise DataError(f"cannot write {exc.filename}: {exc.strerror}") from None
             failures += 1
             stalled = _timed_out(exc)

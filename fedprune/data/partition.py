@@ -35,9 +35,9 @@ class DirichletPartitioner(Partitioner):
             math.isfinite(alpha) and alpha > 0
         ):
             raise FedpruneError(f"dirichlet alpha must be a finite number > 0, got {alpha!r}")
-        self.alpha = float(alpha)
-        self.min_size = _check_int("dirichlet min_size", min_size, 0)
-        self.max_tries = _check_int("dirichlet max_tries", max_tries, 1)
+        self.alpha: float = float(alpha)
+        self.min_size: int = _check_int("dirichlet min_size", min_size, 0)
+        self.max_tries: int = _check_int("dirichlet max_tries", max_tries, 1)
 
     def split(
         self, labels: np.ndarray, num_clients: int, generator: np.random.Generator

@@ -20,7 +20,7 @@ def parse_shape(shape: str | tuple[int, ...] | list[int]) -> tuple[int, int, int
         values = ()
     if len(values) != 3 or min(values) < 1:
         raise FedpruneError(f"{shape!r} is not C,H,W: three positive integers, e.g. 3,32,32")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def load_synthetic(

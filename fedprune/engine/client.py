@@ -8,7 +8,10 @@ number of clients. After training, the method's strategy finishes the client's r
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,7 +28,7 @@ from fedprune.contracts import (
 from fedprune.data.base import ArrayDataset
 from fedprune.engine.config import RunConfig
 from fedprune.engine.parts import MethodParts
-from fedprune.engine.training import batches, data_batches, local_steps, sgd_steps
+from fedprune.engine.training import batches, data_batches, local_steps, seeded, sgd_steps
 from fedprune.ops.layers import bind_masks
 from fedprune.seeding import torch_generator
 
@@ -155,3 +158,42 @@ class LocalTrainer:
         ctx = self._context(client, masks, RoundPlan(round), self.config.lr,
                             local_steps(len(self.client_indices[client]), self.config), generator)
         return self.parts.strategy.client_task(name, ctx, payload)
+
+
+class ClientExecutor(Protocol):
+    """Where clients run: in this process one after another (`InProcessClients`), or on remote
+    workers (the Flower engine). Results come back in client order, one at a time, so the
+    server folds them as they arrive and the result does not depend on arrival order."""
+
+    def train(
+        self, round: int, clients: list[int], state: dict[str, Tensor],
+        masks: dict[str, Tensor] | None, plan: RoundPlan, lr: float,
+    ) -> Iterator[ClientUpdate]: ...
+
+    def task(
+        self, name: str, clients: list[int], state: dict[str, Tensor],
+        masks: dict[str, Tensor] | None, payload: Payload,
+    ) -> Iterator[tuple[int, int, Payload]]: ...
+
+
+class InProcessClients:
+    """Every client trained on the one shared model of this process, in client order, each in
+    its own seeded scope of torch's global generator."""
+
+    def __init__(self, trainer: LocalTrainer) -> None:
+        self.trainer = trainer
+
+    def _scope(self, *keys: object) -> contextlib.AbstractContextManager:
+        return seeded(self.trainer.seed, *keys, device=self.trainer.device)
+
+    def train(self, round, clients, state, masks, plan, lr) -> Iterator[ClientUpdate]:
+        for client in sorted(clients):
+            with self._scope("client", round, client):
+                update = self.trainer.train(client, state, masks, plan, lr)
+            yield update
+
+    def task(self, name, clients, state, masks, payload) -> Iterator[tuple[int, int, Payload]]:
+        for client in sorted(clients):
+            with self._scope("task", name, client):
+                reply = self.trainer.task(name, client, state, masks, payload)
+            yield client, len(self.trainer.client_indices[client]), reply

@@ -12,7 +12,7 @@ round loop (`fedprune.engine.simulation`) and the memory measurement (`measure_m
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from fedprune import masks as M
 from fedprune.contracts import ActivationCompressor, Masks, ModelTransform, Payload
 from fedprune.data.base import DatasetSplits
-from fedprune.engine.client import LocalTrainer
+from fedprune.engine.client import ClientExecutor, InProcessClients, LocalTrainer
 from fedprune.engine.config import RunConfig
 from fedprune.engine.parts import MethodParts, build_parts
-from fedprune.engine.training import batches, seeded
+from fedprune.engine.training import batches
 from fedprune.errors import FedpruneError
 from fedprune.memory import MemoryReport, measure_training_step
 from fedprune.ops.layers import bind_masks
@@ -82,8 +82,11 @@ def build_base_model(
             raise FedpruneError(f"model {config.model!r} cannot be built: {exc}") from exc
 
 
-def method_model(base: nn.Module, parts: MethodParts) -> nn.Module:
-    """A copy of ``base`` with the method's transforms, then compressors, applied.
+def method_model(
+    base: nn.Module, parts: MethodParts, example: Tensor | None = None
+) -> nn.Module:
+    """A copy of ``base`` with the method's transforms, then compressors, applied (each
+    compressor calibrated on ``example``, a training batch, when given).
 
     Transforms must keep the prunable weights' `Parameter` objects; compressors every
     parameter: otherwise methods would not start from the same weights, or masks and optimizer
@@ -98,13 +101,17 @@ def method_model(base: nn.Module, parts: MethodParts) -> nn.Module:
         before = dict(model.named_parameters())
         compressor.apply(model)
         _same_parameters(model, before, compressor, "activation compressor")
+        if example is not None:
+            with torch.random.fork_rng(devices=[]):
+                compressor.calibrate(model, example)
     return model
 
 
 def _same_parameters(
-    model: nn.Module, before: dict[str, Tensor], part: Any, what: str, prunable_only: bool = False
+    model: nn.Module, before: Mapping[str, Tensor], part: Any, what: str,
+    prunable_only: bool = False,
 ) -> None:
-    after = dict(model.named_parameters())
+    after: dict[str, Tensor] = dict(model.named_parameters())
     if prunable_only:
         after = {n: m.weight for n, m in M.prunable_parameters(model, True).items()}
     changed = sorted(n for n in set(before) | set(after) if before.get(n) is not after.get(n))
@@ -144,6 +151,7 @@ class PreparedRun:
     model: nn.Module
     masks: Masks | None
     trainer: LocalTrainer
+    executor: ClientExecutor
     state: dict[str, Tensor] = field(default_factory=dict)
     targets: dict[str, int] = field(default_factory=dict)
     sampler: torch.Generator = field(default_factory=torch.Generator)
@@ -171,10 +179,7 @@ class PreparedRun:
     def run_clients(
         self, task: str, clients: Iterable[int], payload: Payload
     ) -> Iterator[tuple[int, int, Payload]]:
-        for client in sorted(clients):
-            with seeded(self.seed, "task", task, client, device=torch.device(self.config.device)):
-                reply = self.trainer.task(task, client, self.state, self.masks, payload)
-            yield client, len(self.federation.clients[client]), reply
+        return self.executor.task(task, sorted(clients), self.state, self.masks, payload)
 
     def snapshot_state(self) -> None:
         """Take the model's current (masked) weights as the global state."""
@@ -182,24 +187,26 @@ class PreparedRun:
 
 
 def prepare(
-    registry: Registry, method: Method, federation: Federation, setup: bool = True
+    registry: Registry, method: Method, federation: Federation, setup: bool = True,
+    executor: Callable[[LocalTrainer], ClientExecutor] = InProcessClients,
 ) -> PreparedRun:
     """The ready run of ``method`` on ``federation`` (see the module docstring).
 
     ``setup=False`` skips the strategy's setup: for a run about to load a checkpoint, which
-    holds setup's outcome.
+    holds setup's outcome. ``executor`` makes the `ClientExecutor` that runs the clients
+    (default: in this process).
     """
     config, seed = federation.config, federation.seed
     parts = build_parts(registry, method, config)
-    model = method_model(federation.base, parts)
+    model = method_model(federation.base, parts, federation.memory_batch()[0])
     device = torch.device(config.device)
     model.to(device)
     masks = initial_masks(model, parts, config.density, seed)
     if masks is not None:
         masks = {n: m.to(device) for n, m in masks.items()}
     trainer = LocalTrainer(model, parts, config, federation.data.train, federation.clients, seed)
-    run = PreparedRun(parts, config, seed, federation, model, masks, trainer,
-              sampler=torch_generator(seed, "client-sampling"))
+    run = PreparedRun(parts, config, seed, federation, model, masks, trainer, executor(trainer),
+                      sampler=torch_generator(seed, "client-sampling"))
     run.targets = {n: int(m.sum()) for n, m in (masks or {}).items()}
     run.snapshot_state()  # the unmasked initial weights: setup may start from the dense model
     if setup:

@@ -24,7 +24,6 @@ from fedprune.data.base import ArrayDataset
 from fedprune.engine.aggregate import Aggregator
 from fedprune.engine.events import ClientReport, Observers, RunInfo
 from fedprune.engine.prepare import PreparedRun
-from fedprune.engine.training import seeded
 from fedprune.errors import Diverged
 from fedprune.ops.layers import bind_masks
 
@@ -83,9 +82,8 @@ class Simulation:
         aggregator = Aggregator(run.state, masks)
         down = comm.state_bytes(run.state, masks, positions=True)
         losses, round_up, client_metrics = [], 0, []
-        for client in clients:
-            with seeded(run.seed, "client", round_, client, device=self.device):
-                update = run.trainer.train(client, run.state, masks, plan, lr)
+        for update in run.executor.train(round_, clients, run.state, masks, plan, lr):
+            client = update.client
             up = self._upload_bytes(update.state, update.masks, update.payload)
             aggregator.add(update.state, update.samples, update.masks)
             strategy.fold(run, plan, client, update.samples, update.state,
@@ -109,7 +107,7 @@ class Simulation:
             if pruned or grown:
                 self.observers.masks_updated(self.info, round_, new)
             if plan.adjusting:
-                entry = {"round": round_, "pruned": pruned, "grown": grown}
+                entry: dict[str, float] = {"round": round_, "pruned": pruned, "grown": grown}
                 entry.update(_mean_metrics(client_metrics))
                 self.adjustments.append(entry)
                 metrics.update({k: v for k, v in entry.items() if k != "round"})

@@ -11,7 +11,7 @@ rather than ``torch.amp.custom_fwd``, whose decorator is bound to one device typ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, overload
 
 import torch
 import torch.nn.functional as F
@@ -159,9 +159,9 @@ def standardize_backward(
 class ConvSpec(NamedTuple):
     """Convolution geometry plus how the weight is derived (``stats=None``: used as given)."""
 
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
     groups: int
     stats: str | None = None
     eps: float = EPS
@@ -181,6 +181,14 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     if x.is_floating_point() and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return x.dtype
+
+
+@overload
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor: ...
+
+
+@overload
+def _cast(t: None, dtype: torch.dtype) -> None: ...
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -305,14 +313,14 @@ def linear_function(x: Tensor, weight: Tensor, bias: Tensor | None, codec: Input
     return _LinearFunction.apply(x, weight, bias, codec)
 
 
-def conv_input_padding(conv: nn.Conv2d, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+def conv_input_padding(conv: nn.Conv2d, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """The input and numeric zero padding equivalent to ``conv``'s padding settings.
 
     String paddings ("same" may be asymmetric) and non-zero padding modes are applied to the
     input explicitly, as ``nn.Conv2d`` itself does for the latter.
     """
     if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
-        return x, tuple(conv.padding)
+        return x, (int(conv.padding[0]), int(conv.padding[1]))
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
     return F.pad(x, conv._reversed_padding_repeated_twice, mode=mode), (0, 0)
 

@@ -72,7 +72,7 @@ class CodecConv2d(nn.Conv2d, GrowthCapture):
         """The weight the convolution uses, differentiable w.r.t. the parameters."""
         return self.weight
 
-    def fused(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+    def fused(self, x: Tensor, padding: tuple[int, ...]) -> Tensor:
         """The training forward through one autograd function (batched input, numeric padding)."""
         spec = ConvSpec(self.stride, padding, self.dilation, self.groups)
         return conv2d_function(x, self.weight, self.bias, spec, codec=self.input_codec)
@@ -119,7 +119,7 @@ def bind_masks(model: nn.Module, masks: Mapping[str, Tensor] | None) -> None:
 
 
 def growth_gradients(
-    model: nn.Module, prunable: Mapping[str, nn.Module], x: Tensor, y: Tensor
+    model: nn.Module, prunable: Mapping[str, nn.Conv2d | nn.Linear], x: Tensor, y: Tensor
 ) -> dict[str, Tensor]:
     """Dense gradient of one mini-batch's loss w.r.t. the weight each layer actually uses.
 
@@ -127,8 +127,8 @@ def growth_gradients(
     Parameter gradients are cleared before and after.
     """
     capturing = [m for m in prunable.values() if isinstance(m, GrowthCapture)]
-    for module in capturing:
-        module.capture_effective_weight = True
+    for capture in capturing:
+        capture.capture_effective_weight = True
     try:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
@@ -141,7 +141,7 @@ def growth_gradients(
             out[name] = grad.detach().clone()
         return out
     finally:
-        for module in capturing:
-            module.capture_effective_weight = False
-            module.effective_weight = None
+        for capture in capturing:
+            capture.capture_effective_weight = False
+            capture.effective_weight = None
         model.zero_grad(set_to_none=True)

@@ -81,6 +81,11 @@ def _read(name_or_path: str) -> tuple[str, str]:
     raise FedpruneError(f"unknown preset {name_or_path!r}; available presets: {available}")
 
 
+def _matches(value: Any, expected: type | tuple[type, ...]) -> bool:
+    """``value`` has the expected type (a TOML boolean is never a number)."""
+    return not isinstance(value, bool) and isinstance(value, expected)
+
+
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """The bench parameters a preset sets, keyed by parameter name (``option``: list of str).
 
@@ -103,7 +108,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         if name not in keys:
             raise FedpruneError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(keys)}")
         expected = keys[name]
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if not _matches(value, expected):
             kind = {int: "an integer", str: "a string", list: "a list"}.get(
                 expected if isinstance(expected, type) else float, "a number")
             if name == "seeds":

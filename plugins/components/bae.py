@@ -82,7 +82,7 @@ class BaE(fedprune.Regularizer):
         if not self._marked or self.lam == 0:
             return None
         # A gather of the marked entries: backward keeps k_l indices, nothing weight-sized.
-        return self.lam * sum(_sq_norm(w, i) for w, i in self._marked.values())
+        return self.lam * torch.stack([_sq_norm(w, i) for w, i in self._marked.values()]).sum()
 
     def learning_rate(self, step: int, total_steps: int, lr: float, lr0: float) -> float:
         if not self._marked:

@@ -66,22 +66,24 @@ class BitReLU(nn.ReLU):
         return _BitClamp.apply(x, 0.0, None, self.inplace)
 
 
-def _hardtanh_forward(self: nn.Hardtanh, x: Tensor) -> Tensor:
-    if not _tracked(x):
-        return F.hardtanh(x, self.min_val, self.max_val, self.inplace)
-    return _BitClamp.apply(x, self.min_val, self.max_val, self.inplace)
+def _hardtanh_forward(self: nn.Hardtanh, input: Tensor) -> Tensor:
+    if not _tracked(input):
+        return F.hardtanh(input, self.min_val, self.max_val, self.inplace)
+    return _BitClamp.apply(input, self.min_val, self.max_val, self.inplace)
 
 
 class BitHardtanh(nn.Hardtanh):
     """``nn.Hardtanh`` saving a 1-bit mask for backward."""
 
-    forward = _hardtanh_forward
+    def forward(self, input: Tensor) -> Tensor:
+        return _hardtanh_forward(self, input)
 
 
 class BitReLU6(nn.ReLU6):
     """``nn.ReLU6`` saving a 1-bit mask (0 < x < 6) for backward."""
 
-    forward = _hardtanh_forward
+    def forward(self, input: Tensor) -> Tensor:
+        return _hardtanh_forward(self, input)
 
 
 #: Exact module type -> its 1-bit subclass (exact types, so user subclasses keep their forward).

@@ -76,7 +76,7 @@ class NSConv2d(CodecConv2d, MaskedWeight):
         mask = self.weight_mask
         return w if mask is None else w * mask
 
-    def fused(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+    def fused(self, x: Tensor, padding: tuple[int, ...]) -> Tensor:
         if self.recompute:
             spec = ConvSpec(self.stride, padding, self.dilation, self.groups, self.stats)
             return conv2d_function(x, self.weight, self.bias, spec, self.gain, self.weight_mask,
