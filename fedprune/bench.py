@@ -29,7 +29,7 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import torch
 
 from fedprune.contracts import Schedule
 from fedprune.data.base import DatasetSplits
+from fedprune.engine.client import ClientExecutor, InProcessClients, LocalTrainer
 from fedprune.engine.config import RunConfig
 from fedprune.engine.events import BenchInfo, Observers, RunInfo
 from fedprune.engine.prepare import (
@@ -277,12 +278,15 @@ def run_bench(
     overwrite: bool = False,
     provenance: dict[str, Any] | None = None,
     report: bool = False,
+    executor: Callable[[LocalTrainer], ClientExecutor] = InProcessClients,
 ) -> list[dict[str, Any]]:
     """Run every (method, grid point, seed) of ``plan``; return the results.json list.
 
     With ``resume``, the plan is read from the output directory (``plan`` may be None).
     With ``report``, a bench of several seeds or methods ends with ``OUT/report/``
     (`fedprune.report`), before observers hear of its end (so the tracker can log it).
+    ``executor`` runs the clients (default: one after another in this process; the Flower
+    engine passes its own).
     """
     output = Output(output_dir)
     output.open(resume, overwrite)
@@ -327,7 +331,7 @@ def run_bench(
             if fed_key not in federations:
                 federations = {fed_key: make_federation(registry, config, seed, data)}
             record = _run_one(registry, by_name[name], federations[fed_key], key, observers,
-                              output, plan.checkpoint_every, provenance)
+                              output, plan.checkpoint_every, provenance, executor)
             results.append(record)
             output.write_json(RESULTS_FILE, results)
         if report and (len(plan.methods) > 1 or len(plan.seeds) > 1):
@@ -372,6 +376,7 @@ def _shared_options(config: RunConfig) -> tuple:
 def _run_one(
     registry: Registry, method: Method, federation: Federation, key: str,
     observers: Observers, output: Output, every: int, provenance: dict[str, Any],
+    executor: Callable[[LocalTrainer], ClientExecutor],
 ) -> dict[str, Any]:
     config, seed = federation.config, federation.seed
     checkpoint = output.load_checkpoint(key)
@@ -382,7 +387,8 @@ def _run_one(
     sim: Simulation | None = None
     observers.run_start(run)
     try:
-        prepared = prepare(registry, method, federation, setup=checkpoint is None)
+        prepared = prepare(registry, method, federation, setup=checkpoint is None,
+                           executor=executor)
         sim = Simulation(prepared, observers, run)
         if checkpoint is not None:
             sim.load_state_dict(checkpoint)
