@@ -82,6 +82,9 @@ def fedprune_models():
         Component("resnet18", _resnet18, "ResNet18, CIFAR variant (3x3 stem, no max-pool)"),
         Component("mobilenetv2", _mobilenetv2, "MobileNetV2, stride-1 stem for small images "
                   "(-o mobilenetv2.stage2_stride=1: also stride-1 second stage)"),
+        Component("cifar_resnet", "fedprune.models.cifar_resnet:cifar_resnet",
+                  "3-stage CIFAR ResNet (16-32-64, 175k parameters): the FedMef authors' "
+                  "library's \"resnet18\""),
     ]
 
 

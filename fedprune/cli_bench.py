@@ -102,8 +102,8 @@ def bench(ctx: click.Context, **kw: Any) -> None:
                             overwrite=kw["overwrite"], provenance=record,
                             report=not kw["no_report"])
     except Interrupted as stop:
-        console.print(f"[yellow]interrupted[/]: finished runs are in {output / 'results.json'}; "
-                      f"continue with: fedprune bench --resume {output}")
+        click.echo(f"interrupted: finished runs are in {output / 'results.json'}; continue "
+                   f"with: fedprune bench --resume {output}", err=True)
         sys.exit(EXIT_SIGNAL.get(signal.Signals(stop.signum), 130))
     except UsageError as exc:
         raise usage(exc) from None

@@ -85,7 +85,7 @@ def encode_sparse(
     fmt, _ = storage_bytes(flat.numel(), values.numel(), (flat.numel(),),
                            value_bits=8 * tensor.element_size())
     if fmt == "dense":
-        return {name: tensor}
+        return {name: torch.where(where, tensor, torch.zeros((), dtype=tensor.dtype))}
     if fmt == "bitmap":
         return {f"{name}/bitmap": pack_bits(keep), f"{name}/values": values}
     return {f"{name}/index": keep.nonzero().reshape(-1).to(torch.int32), f"{name}/values": values}

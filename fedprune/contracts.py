@@ -108,11 +108,13 @@ class ClientContext:
     def adjusting(self) -> bool:
         return self.plan.adjusting
 
-    def growth_gradients(self) -> dict[str, Tensor]:
+    def growth_gradients(self, layers: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """The growth gradients of ``layers`` (default: every prunable layer)."""
         from fedprune.ops.layers import growth_gradients
 
+        prunable = self.prunable if layers is None else {n: self.prunable[n] for n in layers}
         x, y = self.gradient_batch()
-        return growth_gradients(self.model, self.prunable, x, y)
+        return growth_gradients(self.model, prunable, x, y)
 
 
 @dataclass
@@ -217,8 +219,9 @@ class Regularizer:
 
     `begin` runs before a client's local training, `penalty` every step (None: no penalty),
     `learning_rate(step, total_steps, lr, lr0)` sets step ``step``'s rate from the round's ``lr``
-    and the initial ``lr0``, and `end` returns metrics of the client's round (averaged over the
-    round's clients and recorded with each adjustment round).
+    and the initial ``lr0``, `after_step(lr)` follows every optimizer step, and `end` returns
+    metrics of the client's round (averaged over the round's clients and recorded with each
+    adjustment round).
     """
 
     def begin(self, ctx: ClientContext) -> None:
@@ -229,6 +232,11 @@ class Regularizer:
 
     def learning_rate(self, step: int, total_steps: int, lr: float, lr0: float) -> float:
         return lr
+
+    def after_step(self, lr: float) -> None:
+        """After every optimizer step, at that step's ``lr``: a proximal step for a penalty
+        that is not differentiable (an un-squared norm), which `penalty` cannot minimise
+        stably with momentum."""
 
     def end(self, ctx: ClientContext) -> dict[str, float]:
         return {}

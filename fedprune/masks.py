@@ -198,6 +198,15 @@ def prune_and_grow(
     return new.view_as(mask), grown.view_as(mask)
 
 
+def top_indices(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat indices of the ``k`` largest ``|scores|`` among the ``allowed`` positions (fewer if
+    fewer are allowed); non-finite scores rank last, positions not allowed never appear."""
+    flat = _ranked(scores.abs(), -1.0)
+    flat = torch.where(allowed.flatten(), flat, torch.full_like(flat, -math.inf))
+    k = min(k, int(allowed.sum()))
+    return torch.topk(flat, k).indices if k > 0 else flat.new_zeros(0, dtype=torch.long)
+
+
 def adjustment_counts(masks: Mapping[str, torch.Tensor], fraction: float) -> dict[str, int]:
     """k_l = ceil(fraction * active_l) per layer (RigL's drop count)."""
     return {n: math.ceil(fraction * int(m.sum())) for n, m in masks.items()}

@@ -55,6 +55,9 @@ def resolve_tracking_uri(option: str | None, output_dir: Path) -> str:
 
 def _quiet_and_bounded() -> None:
     """Silence MLflow's INFO lines and bound its HTTP requests (before the client exists)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import mlflow  # noqa: F401  (configures its loggers on import: quieten them after)
+
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(TIMEOUT))

@@ -32,7 +32,7 @@ def test_paper_preset_values(name):
     preset = load_preset(name)
     _, dataset, model = name.split("-")
     assert preset == {
-        "methods": "fedmef,feddst,prunefl,fedavg",
+        "methods": "fedmef,feddst,fedtiny,fedrts,prunefl,fedavg",
         "dataset": dataset,
         "model": model,
         "rounds": 500,
@@ -41,6 +41,8 @@ def test_paper_preset_values(name):
         "local_epochs": 5,
         "batch_size": 64,
         "lr": 0.01,
+        "lr_schedule": "exp",
+        "lr_min": 0.001,
         "momentum": 0.9,
         "weight_decay": 5e-4,
         "density": 0.1,

@@ -76,10 +76,12 @@ def test_recipe_and_regularizer_are_registered(pm):
     assert schedule.stop_round(500) == 300
     assert parts.many(ActivationCompressor)[0].gamma == method.options["sap.gamma"]
     assert (parts.settings.distribution, parts.settings.init) == ("erk", "random")
-    assert pm.registry.get("bae", "regularizer").options() == {"lam": 0.01, "eta0": None}
+    assert pm.registry.get("bae", "regularizer").options() == {
+        "lam": 1.0, "form": "norm", "ramp": 0.0, "budget": True}
 
 
-@pytest.mark.parametrize("options", [{"lam": -1}, {"eta0": 0}])
+@pytest.mark.parametrize("options", [{"lam": -1}, {"lam": float("nan")}, {"form": "cubed"},
+                                     {"ramp": -1}, {"budget": "maybe"}])
 def test_bad_options_are_refused(options):
     with pytest.raises(FedpruneError, match="bae"):
         BaE(**options)
@@ -113,9 +115,9 @@ def test_theta_low_follows_the_methods_pruning_criterion():
     assert torch.equal(torch.sort(w[marked]).values, torch.sort(w[mask]).values[-5:])
 
 
-def test_penalty_is_lambda_times_squared_norm_and_fixed_for_the_round():
+def test_squared_form_is_lambda_times_squared_norm_and_fixed_for_the_round():
     ctx = toy_context({"0.weight": 6})
-    bae = BaE(lam=0.3)
+    bae = BaE(lam=0.3, form="squared")
     bae.begin(ctx)
     marked = bae.marked()["0.weight"]
     w = ctx.params["0.weight"]
@@ -129,35 +131,99 @@ def test_penalty_is_lambda_times_squared_norm_and_fixed_for_the_round():
     assert math.isclose(bae.norm(), float(w.detach()[marked].norm()), rel_tol=1e-6)
 
 
-def test_no_penalty_and_the_runs_lr_outside_adjustment_rounds():
-    bae = BaE(lam=1.0, eta0=100.0)
+def test_norm_form_is_the_proximal_step_of_the_unsquared_norm():
+    ctx = toy_context({"0.weight": 6})
+    bae = BaE(lam=0.5, budget=False)
+    bae.begin(ctx)
+    marked = bae.marked()["0.weight"]
+    w = ctx.params["0.weight"]
+    before = w.detach().clone()
+    assert bae.penalty(ctx.model) is None  # not through the loss: a prox step after the step
+    norm = float(before[marked].norm())
+    lr = 0.4 * norm / 0.5  # a pull of 40% of the norm
+    bae.after_step(lr)
+    expected = before * (1 - lr * 0.5 / norm)
+    assert torch.allclose(w.detach()[marked], expected[marked])
+    assert torch.equal(w.detach()[~marked], before[~marked])  # only theta_low moves
+    bae.after_step(lr=100.0)  # a pull beyond the norm lands exactly on 0, not past it
+    assert not w.detach()[marked].any()
+
+
+def test_the_budget_floor_lets_the_pull_empty_each_layer_in_half_the_budget():
+    ctx = toy_context({"0.weight": 6})
+    bae = BaE(lam=1e-9)
+    bae.begin(ctx)
+    norm = bae.norm()
+    w = ctx.params["0.weight"]
+    for _ in range(ctx.total_steps // 2):
+        bae.after_step(ctx.lr)
+    assert bae.norm() < 1e-6 * norm  # empty up to rounding
+    bae.after_step(ctx.lr)
+    assert not w.detach()[bae.marked()["0.weight"]].any()  # and held exactly at 0
+
+
+def test_the_ramp_grows_the_coefficient_per_step_up_to_lambda():
+    bae = BaE(lam=0.01, ramp=1e-4, budget=False)
+    bae.begin(toy_context({"0.weight": 6}))
+    seen = []
+    for _ in range(150):
+        bae.penalty(None)
+        seen.append(bae.coefficient())
+    assert seen[0] == pytest.approx(1e-4) and seen[99] == pytest.approx(0.01)
+    assert max(seen) == 0.01
+
+
+def test_no_penalty_and_the_rounds_lr_outside_adjustment_rounds():
+    bae = BaE(lam=1.0)
     bae.begin(toy_context({}))
     assert bae.marked() == {} and bae.penalty(None) is None
-    assert bae.learning_rate(0, 10, 0.05, 0.05) == 0.05
+    assert bae.learning_rate(0, 10, 0.05, 1.0) == 0.05
+    assert bae.end(None) == {}
 
 
-def test_learning_rate_follows_the_rex_budget():
+def test_learning_rate_follows_the_rex_budget_and_boosts_a_decayed_rate():
     ctx = toy_context({"0.weight": 6})
-    bae = BaE(eta0=1.0)
+    bae = BaE()
     bae.begin(ctx)
     s = 2 / (1 + math.exp(-bae.norm())) - 1  # 2 * sigmoid(||theta_low||) - 1
-    budget, base = 10, 0.01
-    assert math.isclose(bae.learning_rate(0, budget, base, base), s)  # p(0) = 1
-    assert bae.learning_rate(budget, budget, base, base) == base  # p(T) = 0: eta wins
+    budget, lr0 = 10, 1.0
+    decayed = 0.01  # eta_t late in a decaying schedule: below beta_t, so the boost fires
+    assert math.isclose(bae.learning_rate(0, budget, decayed, lr0), s)  # p(0) = 1
+    assert bae.learning_rate(budget, budget, decayed, lr0) == decayed  # p(T) = 0
     for t in range(budget):
         p = (2 * budget - 2 * t) / (2 * budget - t)
-        assert math.isclose(bae.learning_rate(t, budget, base, base), max(base, p * s))
-    rates = [bae.learning_rate(t, budget, base, base) for t in range(budget + 1)]
-    assert rates == sorted(rates, reverse=True)
-    # eta_0 = the run's own lr: beta_t < eta_0 always, so the max keeps the run's lr.
-    default = BaE()
-    default.begin(ctx)
-    assert all(default.learning_rate(t, budget, 0.05, 0.05) == 0.05 for t in range(budget))
+        assert math.isclose(bae.learning_rate(t, budget, decayed, lr0), max(decayed, p * s))
+    rates = [bae.learning_rate(t, budget, decayed, lr0) for t in range(budget + 1)]
+    assert rates == sorted(rates, reverse=True) and rates[0] > decayed
+    # At the initial rate the boost never fires: beta_t < eta_0 always.
+    assert all(bae.learning_rate(t, budget, lr0, lr0) == lr0 for t in range(budget))
 
 
-def local_round(pm, digits, lam, steps=10):
+def test_the_boost_fires_in_a_run_with_a_decaying_schedule(pm, digits):
+    """Late adjustment rounds of an exponentially decayed run train above the round's rate."""
     config, parts, model, masks, run = fedmef_setup(
-        pm, digits, local_steps=steps, lr=0.05, options={"bae.lam": lam}
+        pm, digits, rounds=30, local_steps=4, batch_size=16, lr=0.5, lr_schedule="exp",
+        lr_min=0.001, options={"cosine.interval": 1, "cosine.stop": 1.0})
+    bae = parts.one(Regularizer)
+    counts = M.adjustment_counts(masks, 0.3)
+    round_ = 28
+    lr = config.learning_rate(round_)
+    assert lr < 0.01  # decayed
+    seen = []
+    real = bae.learning_rate
+
+    def spy(step, total, lr_t, lr0):
+        seen.append((real(step, total, lr_t, lr0), lr_t))
+        return seen[-1][0]
+
+    bae.learning_rate = spy
+    run.trainer.train(0, run.state, masks, RoundPlan(round_, counts), lr)
+    assert seen and seen[0][0] > seen[0][1]  # the first step is boosted above eta_t
+
+
+def local_round(pm, digits, options, steps=10):
+    config, parts, model, masks, run = fedmef_setup(
+        pm, digits, local_steps=steps, lr=0.05, options=options
     )
     counts = M.adjustment_counts(masks, 0.3)
     state = {k: v.detach().clone() for k, v in run.state.items()}
@@ -168,11 +234,12 @@ def local_round(pm, digits, lam, steps=10):
     return norm, start, update, counts, masks
 
 
-def test_bae_drives_the_marked_weights_to_zero_faster_than_plain_training(pm, digits):
-    with_bae, start, update, counts, masks = local_round(pm, digits, lam=0.5)
-    plain, start_plain, *_ = local_round(pm, digits, lam=0.0)
+def test_bae_extrudes_the_marked_weights_within_the_budget(pm, digits):
+    with_bae, start, update, counts, masks = local_round(pm, digits, {})
+    plain, start_plain, *_ = local_round(pm, digits, {"bae.lam": 0.0, "bae.budget": False})
     assert start == start_plain  # same weights, same marked set, same batches
-    assert with_bae < 0.5 * plain and with_bae < 0.5 * start
+    assert with_bae <= 0.1 * start < plain  # at most 10% left; plain training keeps most
+    assert update.metrics["bae_norm_ratio"] == pytest.approx(with_bae / start, rel=1e-5)
     # FedMef clients upload only the top-k_l gradients among inactive positions.
     for name, mask in masks.items():
         k = min(counts[name], int((~mask).sum()))

@@ -102,3 +102,13 @@ def test_registered_factories_build_these_models():
 
     assert n_params(_resnet18(10, (3, 32, 32))) == 11_173_962
     assert n_params(_mobilenetv2(10, (1, 8, 8))) == 2_236_682 - 32 * 2 * 9
+
+
+def test_the_cifar_resnet_is_the_fedmef_libraries_resnet18():
+    from fedprune.models.cifar_resnet import cifar_resnet
+
+    model = cifar_resnet(10, (3, 32, 32))
+    assert sum(p.numel() for p in model.parameters()) == 175_258
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs[:1]] == [16] and convs[-1].out_channels == 64
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

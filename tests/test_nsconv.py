@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def _ns(conv: nn.Conv2d, **kw) -> NSConv2d:
 def test_registered_as_model_transform():
     (component,) = nsconv.fedprune_model_transforms()
     assert component.name == "nsconv"
-    assert component.options() == {"stats": "all", "recompute": True}
+    assert component.options() == {"stats": "all", "recompute": True, "scale_activations": "auto"}
 
 
 @pytest.mark.parametrize("options", [{}, {"stats": "active"}, {"recompute": False}])
@@ -226,3 +227,45 @@ def test_eval_without_grad_matches_training_forward():
     train = conv(x)
     with torch.no_grad():
         assert torch.allclose(conv(x), train, atol=1e-6)
+
+
+# ---------------------------------------------------------------- variance-preserving activations
+
+
+def test_variance_gains_are_the_authors_constant_and_exact_elsewhere():
+    from fedprune_plugins.components.nsconv import VPRELU, variance_gain
+
+    assert variance_gain(nn.ReLU()) == VPRELU == 1.7139588594436646
+    relu6 = variance_gain(nn.ReLU6())
+    assert relu6 == pytest.approx(math.sqrt(2 / (1 - 1 / math.pi)), abs=1e-6)  # never reaches 6
+    x = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))
+    for act in (nn.ReLU6(), nn.Hardtanh(), nn.SiLU()):
+        assert float((variance_gain(act) * act(x)).std()) == pytest.approx(1.0, abs=3e-3)
+
+
+def test_auto_scales_every_activation_but_plain_relu():
+    from fedprune_plugins.components.nsconv import Scaled
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU6())
+    NSConv().apply(model)
+    assert type(model[1]) is nn.ReLU and isinstance(model[3], Scaled)
+    everything = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    NSConv(scale_activations="all").apply(everything)
+    assert isinstance(everything[1], Scaled)
+    with pytest.raises(FedpruneError, match="scale_activations"):
+        NSConv(scale_activations="some")
+
+
+def test_every_builtin_model_keeps_its_signal_under_nsconv():
+    """benchmarks/signal.py: the NSConv twin's logits RMS is at least a tenth of BatchNorm's."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "signal.py"
+    spec = importlib.util.spec_from_file_location("signal_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for seed in (0, 1):
+        for row in module.measure(list(module.MODELS), seed):
+            assert row["nsconv_rms"] >= 0.1 * row["bn_rms"], row
+            assert row["nsconv_rms"] <= 10 * row["bn_rms"], row  # and it does not explode

@@ -208,9 +208,9 @@ def _prunefl_parts(**settings) -> MethodParts:
         "schedule": Cosine(), "strategy": ServerAdjust()})
 
 
-def _reference_squared_gradients(model, masks, data, indices, steps, config, seed):
+def _reference_squared_gradients(model, masks, data, indices, steps, config, seed, round_=1):
     """Masked SGD written out by hand, summing g * g of every step into fresh tensors."""
-    gen = torch_generator(seed, "client-data", 1, 0)
+    gen = torch_generator(seed, "client-data", round_, 0)
     params = dict(model.named_parameters())
     total = {n: torch.zeros_like(params[n]) for n in masks}
     model.train()
@@ -252,6 +252,37 @@ def test_sqgrad_through_local_training_is_the_sum_of_squared_gradients(digits, s
         torch.testing.assert_close(update.payload[name], expected[name], rtol=1e-5, atol=1e-9)
 
 
+def test_sqgrad_accumulates_since_the_last_reconfiguration(digits):
+    """A client's squared gradients of a plain round and of the next adjustment round add up,
+    and the sum starts again after it is uploaded."""
+    config = RunConfig(local_steps=2, lr=0.05, momentum=0.0, batch_size=16)
+    model = tiny_net(3)
+    parts = _prunefl_parts(prune_classifier=True)
+    prunable = M.prunable_parameters(model, prune_classifier=True)
+    shapes = {n: m.weight.shape for n, m in prunable.items()}
+    masks = M.random_masks(shapes, M.target_counts(shapes, M.erk_densities(shapes, 0.4)),
+                           torch.Generator().manual_seed(3))
+    M.apply_masks(dict(model.named_parameters()), masks)
+    indices = np.arange(64)
+    reference = copy.deepcopy(model)
+    trainer = LocalTrainer(model, parts, config, digits.train, [indices], 3)
+    state0 = {k: v.clone() for k, v in model.state_dict().items()}
+    first = trainer.train(0, state0, masks, RoundPlan(1), 0.05)
+    assert not first.payload and 0 in trainer.client_states
+    state1 = {k: v.clone() for k, v in first.state.items()}
+    counts = {n: 1 for n in masks}
+    second = trainer.train(0, state1, masks, RoundPlan(2, counts), 0.05)
+    expected = _reference_squared_gradients(reference, masks, digits.train, indices, 2, config,
+                                            3, round_=1)
+    reference.load_state_dict(state1)
+    more = _reference_squared_gradients(reference, masks, digits.train, indices, 2, config, 3,
+                                        round_=2)
+    for name in masks:
+        torch.testing.assert_close(second.payload[name], expected[name] + more[name],
+                                   rtol=1e-5, atol=1e-9)
+    assert 0 not in trainer.client_states  # consumed by the upload
+
+
 @FAST
 @given(steps=st.integers(1, 5), cost=st.floats(0.1, 10), seed=st.integers(0, 2**16))
 def test_sqgrad_accumulates_a_separate_buffer(steps, cost, seed):
@@ -259,6 +290,7 @@ def test_sqgrad_accumulates_a_separate_buffer(steps, cost, seed):
     weight = nn.Parameter(torch.zeros(3, 4))
     bias = nn.Parameter(torch.zeros(3))
     criterion = SquaredGradientGrowth(cost=cost)
+    criterion.load_client_state({})
     criterion.begin({"w": weight, "b": bias})
     expected = torch.zeros(3, 4)
     for _ in range(steps):

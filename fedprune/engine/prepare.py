@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedprune import comm
 from fedprune import masks as M
 from fedprune.contracts import ActivationCompressor, Masks, ModelTransform, Payload
 from fedprune.data.base import DatasetSplits
@@ -141,7 +142,8 @@ class PreparedRun:
 
     ``state`` is the global model state, ``masks`` the global masks, ``model`` the one model
     object clients train on in turn. ``targets`` are the per-layer counts of the initial masks,
-    which fixed-size strategies never exceed.
+    which fixed-size strategies never exceed (after setup: a strategy may choose them).
+    ``task_bytes`` counts (up, down) the traffic of non-training client tasks.
     """
 
     parts: MethodParts
@@ -155,6 +157,7 @@ class PreparedRun:
     state: dict[str, Tensor] = field(default_factory=dict)
     targets: dict[str, int] = field(default_factory=dict)
     sampler: torch.Generator = field(default_factory=torch.Generator)
+    task_bytes: list[int] = field(default_factory=lambda: [0, 0])
 
     @property
     def num_clients(self) -> int:
@@ -179,7 +182,13 @@ class PreparedRun:
     def run_clients(
         self, task: str, clients: Iterable[int], payload: Payload
     ) -> Iterator[tuple[int, int, Payload]]:
-        return self.executor.task(task, sorted(clients), self.state, self.masks, payload)
+        chosen = sorted(clients)
+        down = comm.payload_bytes(payload) + comm.state_bytes(self.state, self.masks)
+        for client, samples, reply in self.executor.task(task, chosen, self.state, self.masks,
+                                                         payload):
+            self.task_bytes[0] += comm.payload_bytes(reply)
+            self.task_bytes[1] += down
+            yield client, samples, reply
 
     def snapshot_state(self) -> None:
         """Take the model's current (masked) weights as the global state."""
@@ -207,10 +216,10 @@ def prepare(
     trainer = LocalTrainer(model, parts, config, federation.data.train, federation.clients, seed)
     run = PreparedRun(parts, config, seed, federation, model, masks, trainer, executor(trainer),
                       sampler=torch_generator(seed, "client-sampling"))
-    run.targets = {n: int(m.sum()) for n, m in (masks or {}).items()}
     run.snapshot_state()  # the unmasked initial weights: setup may start from the dense model
     if setup:
         parts.strategy.setup(run)
+    run.targets = {n: int(m.sum()) for n, m in (run.masks or {}).items()}
     if run.masks is not None:
         M.apply_masks(run.state, run.masks)
         model.load_state_dict(run.state)

@@ -168,6 +168,8 @@ class Simulation:
             "adjustments": self.adjustments,
             "upload_bytes": self.upload_bytes,
             "download_bytes": self.download_bytes,
+            "task_bytes": list(run.task_bytes),
+            "targets": run.targets,
             "wall_seconds": self.earlier_seconds + self.elapsed,
         }
 
@@ -187,6 +189,8 @@ class Simulation:
         self.upload_bytes = int(state["upload_bytes"])
         self.download_bytes = int(state["download_bytes"])
         self.earlier_seconds = float(state["wall_seconds"])
+        run.task_bytes = list(state["task_bytes"])
+        run.targets = dict(state["targets"])
         run.model.load_state_dict(run.state)
         bind_masks(run.model, run.masks)
 
@@ -225,8 +229,8 @@ class Simulation:
             "final_loss": self.history[-1]["loss"],
             "density": self.measured_density(),
             "rounds": self.config.rounds,
-            "upload_bytes": self.upload_bytes,
-            "download_bytes": self.download_bytes,
+            "upload_bytes": self.upload_bytes + self.prepared.task_bytes[0],
+            "download_bytes": self.download_bytes + self.prepared.task_bytes[1],
             "wall_seconds": wall_seconds,
             "history": self.history,
             "adjustments": self.adjustments,

@@ -82,11 +82,13 @@ def sgd_steps(
 
     Per step: the learning rate from ``step_lr``, cross-entropy plus the regularizer's penalty,
     backward, ``growth.after_backward`` (criteria that observe training), gradient mask, step,
-    weight mask. A non-finite mean loss raises `fedprune.errors.Diverged`.
+    the regularizer's ``after_step``, weight mask. A non-finite mean loss raises
+    `fedprune.errors.Diverged`.
     """
     observe = growth is not None and growth.observes_training
     total = None
     steps = 0
+    lr = float(optimizer.param_groups[0]["lr"])
     for step, (x, y) in enumerate(data):
         if step_lr is not None:
             lr = step_lr(step)
@@ -106,6 +108,8 @@ def sgd_steps(
         if masks is not None:
             M.mask_gradients(params, masks)
         optimizer.step()
+        if regularizer is not None:
+            regularizer.after_step(lr)
         if masks is not None:
             M.apply_masks(params, masks)
         steps += 1

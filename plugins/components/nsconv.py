@@ -37,7 +37,7 @@ from fedprune.ops.conv import STATS, ConvSpec, conv2d_function, standardize
 from fedprune.ops.layers import CodecConv2d, MaskedWeight
 from fedprune.options import as_bool
 
-__all__ = ["NSConv", "NSConv2d", "replace_modules"]
+__all__ = ["NSConv", "NSConv2d", "Scaled", "replace_modules", "variance_gain"]
 
 
 class NSConv2d(CodecConv2d, MaskedWeight):
@@ -89,6 +89,52 @@ class NSConv2d(CodecConv2d, MaskedWeight):
         return conv2d_function(x, w, self.bias, spec, codec=self.input_codec)
 
 
+SCALING = ("auto", "all", "none")
+#: Elementwise activations NSConv scales to preserve the signal's variance.
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
+    nn.Mish,
+)
+
+
+#: The FedMef authors' VPReLU constant (NF-Nets' value for ReLU, estimated there by sampling;
+#: the exact 1 / std(relu(x)) = sqrt(2 / (1 - 1/pi)) = 1.7128585... is 0.06% smaller).
+VPRELU = 1.7139588594436646
+
+
+def variance_gain(activation: nn.Module) -> float:
+    """gamma with Var(gamma * f(x)) = 1 for x ~ N(0, 1) (the NF-Nets rule).
+
+    ReLU gets the authors' constant `VPRELU`; every other elementwise activation its exact
+    value by quadrature on a fine grid: ReLU6 1.712859 (it almost never reaches 6), Hardtanh
+    1.392036, SiLU 1.787187.
+    """
+    if type(activation) is nn.ReLU:
+        return VPRELU
+    x = torch.linspace(-12.0, 12.0, 480_001, dtype=torch.float64)
+    density = torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5
+    with torch.no_grad():
+        y = activation(x.clone()).double()
+    mean = torch.trapezoid(y * density, x)
+    second = torch.trapezoid(y * y * density, x)
+    return float((second - mean * mean).rsqrt())
+
+
+class Scaled(nn.Module):
+    """``gain * activation(x)``: a variance-preserving activation (nothing extra is saved)."""
+
+    def __init__(self, activation: nn.Module, gain: float) -> None:
+        super().__init__()
+        self.activation = activation
+        self.gain = gain
+
+    def extra_repr(self) -> str:
+        return f"gain={self.gain:.10g}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(x) * self.gain
+
+
 def replace_modules(model: nn.Module, factory) -> int:
     """Replace each submodule for which ``factory`` returns a new module; return the count."""
     count = 0
@@ -111,16 +157,44 @@ class NSConv(fedprune.ModelTransform):
       only. Which of the two the paper means is not confirmed.
     - ``recompute``: recompute W^ in backward so nothing weight-sized is saved (default);
       ``False`` is the textbook differentiable form, for ablations.
+    - ``scale_activations``: which elementwise activations become `Scaled` by their
+      `variance_gain`. Without BatchNorm a plain activation shrinks the signal's second moment
+      at every layer (ReLU halves it): a 17-block MobileNetV2 starts with logits of RMS ~1e-4
+      on unit-variance input. ``"auto"`` (default) does what the authors' BN-free models do:
+      their MobileNetV2 scales its activations (VPReLU), their ResNet keeps plain ReLU, where
+      the residual sums already double the variance each block ReLU halves (scaled, ResNet18's
+      logits grow 50-fold over BatchNorm's). So ``auto`` scales every activation but plain
+      ``nn.ReLU``; ``"all"`` and ``"none"`` are there for ablations. ``benchmarks/signal.py``
+      measures the logits' RMS of each built-in model both ways.
     """
 
-    def __init__(self, stats: str = "all", recompute: bool = True) -> None:
+    def __init__(
+        self, stats: str = "all", recompute: bool = True, scale_activations: str = "auto"
+    ) -> None:
         if stats not in STATS:
             raise FedpruneError(f"nsconv.stats must be one of {', '.join(STATS)}, not {stats!r}")
+        if scale_activations not in SCALING:
+            raise FedpruneError(f"nsconv.scale_activations must be one of {', '.join(SCALING)}, "
+                                f"not {scale_activations!r}")
         self.stats = stats
         self.recompute = as_bool(recompute, "nsconv.recompute")
+        self.scaling = scale_activations
 
     def apply(self, model: nn.Module) -> None:
         for module in model.modules():
             if type(module) is nn.Conv2d:
                 NSConv2d.convert(module, self.stats, self.recompute)
         replace_modules(model, lambda m: nn.Identity() if type(m) is nn.BatchNorm2d else None)
+        if self.scaling != "none":
+            gains: dict[tuple, float] = {}
+            skip = (nn.ReLU,) if self.scaling == "auto" else ()
+
+            def scaled(module: nn.Module) -> nn.Module | None:
+                if type(module) not in ACTIVATIONS or type(module) in skip:
+                    return None
+                key = (type(module), repr(module))
+                if key not in gains:
+                    gains[key] = variance_gain(module)
+                return Scaled(module, gains[key])
+
+            replace_modules(model, scaled)

@@ -1,25 +1,35 @@
 """SAP (scaled activation pruning, FedMef): conv inputs kept sparse for backward.
 
 Each convolution (and, with ``linear=True``, each linear layer) computes its forward from the full
-input x, but keeps for backward only the top (1 - gamma) fraction of |x| over the whole input
-tensor. Backward rebuilds x~ (x there, zero elsewhere), computes the weight gradient from x~ and
-the input gradient exactly (it needs only the weight).
+input x, but keeps for backward only what x~ needs: x where |x| exceeds a threshold t, zero
+elsewhere, with t the gamma-quantile of |x| over the whole input tensor. Backward rebuilds x~,
+computes the weight gradient from it and the input gradient exactly (it needs only the weight).
 
-Storage is the kept values plus a 1-bit mask packed 8 per byte: (1 - gamma) + 1/32 of the dense
-tensor with float32 values. Values plus int32 indices, the FedMef authors' storage, cost as much as
-the dense tensor at gamma = 0.5. ``values="bfloat16"`` halves the values again.
+Never more memory than the plain layer. Where the op that produced x keeps x itself for its own
+backward (torch's ReLU keeps its output), a compressed copy would come on top of that full one.
+There the layer saves x (the same storage: no extra byte) and backward rebuilds
+x~ = hardshrink(x, t). Elsewhere x is compressed:
 
-Threshold: an exact k-th value over the whole tensor dominates a CPU step, so by default the
-threshold is the k-th value of a sample of |x| taken at a jittered stride (one uniformly random
-entry per block of numel / sample entries). The sample is unbiased for any layout, where a fixed
-stride can alias with the feature-map width (a stride of 64 on 32-wide maps sees one column).
-Entries equal to the threshold are dropped, so ties (the zeros of a ReLU output) never push the
-kept fraction above the target; dropping a zero costs nothing, as x~ is exact there.
+- ``storage="mask"`` (default): the kept values plus a 1-bit keep-mask packed 8 per byte,
+  (1 - gamma) + 1/32 of the dense float32 tensor.
+- ``storage="indices"``: the kept values plus their int32 positions, the FedMef authors' storage
+  (with ``values="float16"``: their accounting); as large as the dense tensor at gamma = 0.5.
+
+Threshold: an exact quantile over the whole tensor dominates a CPU step, so by default t is the
+quantile of a ``sample``-entry sample of |x|, one uniformly random entry from each of ``sample``
+equal spans of the flattened input (a jittered stride: a fixed stride can alias with the
+feature-map width). Positions are computed in integer arithmetic, exact for any size, from
+torch's global generator, which the engine seeds per (run, round, client). Entries equal to t
+are dropped (ties, such as a ReLU output's zeros, never push the kept fraction above the
+target; dropping a zero costs nothing); NaN entries are kept, as hardshrink keeps them.
+
+Speed: on float32 CPU tensors the codec runs native kernels (`fedprune.ops.native`, compiled on
+first use from ``fedprune/ops/sap_kernels.cpp``) that compute exactly what the pure-torch path
+computes, the same bits included; elsewhere, or where they cannot be built, the torch path runs.
 
 One copy per input: where two layers read the same tensor (ResNet's downsample and the block's
-first conv), the encoding is cached by the tensor's identity and version for as long as the tensor
-lives, so both layers save the very same tensors (one copy in memory; the meter deduplicates
-by storage).
+first conv), the encoding is cached by the tensor's identity and version for as long as it lives,
+so both layers save the very same tensors.
 
 Layers: plain ``nn.Conv2d`` (and, with ``linear``, ``nn.Linear``) become the core's
 `fedprune.ops.layers.CodecConv2d` / `CodecLinear` by swapping their class in place (parameters,
@@ -30,25 +40,59 @@ pass and without autograd, layers run uncompressed.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import fedprune
 from fedprune.errors import FedpruneError
+from fedprune.ops import native
 from fedprune.ops.bits import pack_bits, unpack_bits
+from fedprune.ops.graph import kept_by_producer
 from fedprune.ops.layers import CodecConv2d, CodecLinear
-from fedprune.options import as_bool
+from fedprune.options import as_bool, as_number
 
-__all__ = ["SAP"]
+__all__ = ["SAP", "sample_positions"]
 
 THRESHOLDS = ("estimate", "exact")
-VALUES = {"float32": None, "bfloat16": torch.bfloat16}
+VALUES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORAGES = ("mask", "indices")
+KERNELS = ("fedprune_sap", Path(native.__file__).with_name("sap_kernels.cpp"))
+
+
+def _kernels(x: Tensor) -> Any:
+    """``torch.ops.fedprune_sap`` for a float32 CPU tensor when the kernels load, else None."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not native.load(*KERNELS):
+        return None
+    return torch.ops.fedprune_sap
+
+
+# --------------------------------------------------------------------------- the threshold
+
+
+_M32 = 0xFFFFFFFF
+
+
+def sample_positions(n: int, sample: int, seed: int) -> Tensor:
+    """Position i of the sample: in the i-th of ``sample`` equal spans of range(n), at an offset
+    from a 32-bit hash of (i, ``seed``). Integer arithmetic, exact while n * sample < 2**63;
+    the native kernels compute the same positions."""
+    i = torch.arange(sample, dtype=torch.int64)
+    h = (i * 0x9E3779B1 + seed).bitwise_and_(_M32)
+    for _ in range(2):
+        h = (h ^ (h >> 16)).mul_(0x45D9F3B).bitwise_and_(_M32)
+    h ^= h >> 16
+    bounds = torch.arange(sample + 1, dtype=torch.int64).mul_(n).floor_divide_(sample)
+    start, span = bounds[:-1], bounds.diff()
+    return start + (h * span >> 32)
 
 
 def _evict(cache: dict, key: int, _ref: Any) -> None:
@@ -61,14 +105,14 @@ class SAP(fedprune.ActivationCompressor):
     Options:
 
     - ``gamma``: fraction of each input's entries dropped (0 <= gamma < 1).
-    - ``threshold``: ``"estimate"`` (k-th value of a ``sample``-entry sample) or ``"exact"``
-      (k-th value of the whole tensor).
+    - ``threshold``: ``"estimate"`` (quantile of a ``sample``-entry sample) or ``"exact"``
+      (quantile of the whole tensor).
     - ``values``: ``"float32"`` keeps the kept values at the input's precision; ``"bfloat16"``
-      rounds them to bf16 (the weight gradient then sees the rounded values).
+      or ``"float16"`` rounds them (the weight gradient then sees the rounded values).
+    - ``storage``: ``"mask"`` (values + 1-bit mask) or ``"indices"`` (values + int32 positions,
+      the FedMef authors' storage).
     - ``linear``: compress linear layers' inputs too (the classifier included).
     - ``sample``: sample size of the estimate; inputs no larger are thresholded exactly.
-    - ``seed``: seed of the sampling generator (private, so sampling leaves torch's global
-      random stream alone).
     """
 
     def __init__(
@@ -76,108 +120,170 @@ class SAP(fedprune.ActivationCompressor):
         gamma: float = 0.5,
         threshold: str = "estimate",
         values: str = "float32",
+        storage: str = "mask",
         linear: bool = False,
-        sample: int = 262144,
-        seed: int = 0,
+        sample: int = 32768,
     ) -> None:
         self.gamma = float(gamma)
         if not 0.0 <= self.gamma < 1.0:
             raise FedpruneError(f"sap.gamma must lie in [0, 1), not {gamma!r}")
-        if threshold not in THRESHOLDS:
-            raise FedpruneError(
-                f"sap.threshold must be one of {', '.join(THRESHOLDS)}, not {threshold!r}"
-            )
-        if values not in VALUES:
-            raise FedpruneError(f"sap.values must be one of {', '.join(VALUES)}, not {values!r}")
+        for name, value, allowed in (("threshold", threshold, THRESHOLDS),
+                                     ("values", values, tuple(VALUES)),
+                                     ("storage", storage, STORAGES)):
+            if value not in allowed:
+                raise FedpruneError(
+                    f"sap.{name} must be one of {', '.join(allowed)}, not {value!r}")
         # Keeping the largest (1 - gamma) of |x| keeps at least that share of its energy; the
         # weight gradient is declared to stay at half the corresponding cosine, sqrt(1 - gamma).
         self.min_weight_grad_cosine = 0.5 * math.sqrt(1.0 - self.gamma)
         self.threshold_method = threshold
         self.values = values
+        self.storage = storage
         self.linear = as_bool(linear, "sap.linear")
-        self.sample = int(sample)
-        if self.sample < 1:
-            raise FedpruneError(f"sap.sample must be at least 1, not {sample!r}")
-        self.seed = int(seed)
-        self._generator: torch.Generator | None = None
-        self._cache: dict[int, tuple[weakref.ref, int, tuple[Tensor, Tensor]]] = {}
+        self.sample = int(as_number(sample, "sap.sample", integer=True))
+        if not 1 <= self.sample < 2**24:
+            raise FedpruneError(f"sap.sample must lie in [1, 2**24), not {sample!r}")
+        self._cache: dict[int, tuple[weakref.ref, int, tuple[Tensor, ...]]] = {}
+        self._left_alone: dict[str, str] = {}
+        self._model: weakref.ref | None = None
+        self._example: Tensor | None = None
+        self._record: dict[str, str] | None = None  # set while `skipped` probes
+        self._layer = ""
 
-    # Models are deep-copied and may be pickled: the cache and generator are per process.
+    # Models are deep-copied and pickled with their layers' codec: per-process state stays.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_generator"] = None
-        state["_cache"] = {}
+        state.update(_cache={}, _model=None, _example=None, _record=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     def __repr__(self) -> str:
-        return (
-            f"SAP(gamma={self.gamma}, threshold={self.threshold_method!r}, "
-            f"values={self.values!r}, linear={self.linear})"
-        )
+        return (f"SAP(gamma={self.gamma}, threshold={self.threshold_method!r}, "
+                f"values={self.values!r}, storage={self.storage!r}, linear={self.linear})")
 
     # ------------------------------------------------------------------------------- apply
 
     def apply(self, model: nn.Module) -> None:
-        for module in model.modules():
+        self._left_alone = {}
+        for name, module in model.named_modules():
             if type(module) is nn.Conv2d:
                 module.__class__ = CodecConv2d
             elif type(module) is nn.Linear and self.linear:
                 module.__class__ = CodecLinear
-            if isinstance(module, (CodecConv2d, CodecLinear)) and (
-                self.linear or isinstance(module, CodecConv2d)
-            ):
+            if isinstance(module, CodecConv2d) or (self.linear and isinstance(module, CodecLinear)):
                 module.input_codec = self
+            elif isinstance(module, nn.Conv2d) or (self.linear and isinstance(module, nn.Linear)):
+                self._left_alone[name] = (f"{type(module).__name__} has its own forward: "
+                                          "not converted")
+        self._model = weakref.ref(model)
+
+    def calibrate(self, model: nn.Module, inputs: Tensor) -> None:
+        """Keep the batch for `skipped`, which probes the model as it is when asked."""
+        self._model = weakref.ref(model)
+        self._example = inputs.detach()
+
+    def skipped(self) -> dict[str, str]:
+        """Layers not converted, and layers whose input its producer keeps in full (found by one
+        forward of a copy of the model, on the batch `calibrate` got, under a forked RNG)."""
+        out = dict(self._left_alone)
+        model = self._model() if self._model is not None else None
+        if model is None or self._example is None:
+            return out
+        probe = copy.deepcopy(model)
+        codec = next((m.input_codec for m in probe.modules()
+                      if isinstance(m, (CodecConv2d, CodecLinear))
+                      and isinstance(m.input_codec, SAP)), None)
+        if codec is None:
+            return out
+
+        def enter(name: str) -> Any:
+            return lambda module, args: setattr(codec, "_layer", name)
+
+        hooks = [m.register_forward_pre_hook(enter(n)) for n, m in probe.named_modules()
+                 if getattr(m, "input_codec", None) is codec]
+        codec._record = {}
+        try:
+            with torch.random.fork_rng(devices=[]), torch.enable_grad():
+                probe.train()
+                probe(self._example)
+            out.update(codec._record)
+        finally:
+            codec._record = None
+            for hook in hooks:
+                hook.remove()
+        return out
 
     # ------------------------------------------------------------------------------- codec
 
-    def threshold(self, magnitude: Tensor) -> Tensor | None:
-        """The value t such that entries with |x| > t are kept (None: keep everything).
-
-        ``magnitude`` is |x| flattened.
-        """
-        n = magnitude.numel()
+    def threshold(self, x: Tensor) -> float | None:
+        """t such that the entries of ``x`` with |x| > t are kept (None: keep everything)."""
+        n = x.numel()
         drop = int(self.gamma * n)
         if drop <= 0:
             return None
+        flat = x.detach().reshape(-1)
+        kernels = _kernels(flat)
         if self.threshold_method == "exact" or n <= self.sample:
-            return magnitude.kthvalue(drop).values
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self.seed)
-        # Jittered stride: one uniformly random entry in each of `sample` equal spans.
-        position = torch.arange(self.sample, dtype=torch.float32)
-        position += torch.rand(self.sample, generator=self._generator)
-        index = (position * (n / self.sample)).long().clamp_(max=n - 1)
-        sample = magnitude[index.to(magnitude.device)]
+            if kernels is not None:
+                return kernels.kth(flat.contiguous(), drop)
+            return float(flat.abs().kthvalue(drop).values)
+        seed = int(torch.randint(_M32 + 1, ()))  # the one draw from torch's global generator
         k = min(max(round(self.gamma * self.sample), 1), self.sample)
-        return sample.kthvalue(k).values
+        if kernels is not None:
+            return kernels.sample_kth(flat.contiguous(), self.sample, seed, k)
+        index = sample_positions(n, self.sample, seed).to(flat.device)
+        return float(flat.index_select(0, index).abs_().kthvalue(k).values)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(kept values, packed keep-mask) of ``x``; the same tensors for the same live input."""
+    def encode(self, x: Tensor) -> tuple[Tensor, ...]:
+        """What backward needs to rebuild x~: ``(x,)`` where x is kept anyway (or nothing is
+        dropped), else the kept values and their mask or indices. The same tensors for the same
+        live, unchanged input."""
+        producer = kept_by_producer(x)
+        if self._record is not None and producer is not None:
+            self._record[self._layer] = (
+                f"input kept in full by {type(producer).__name__}: saved as is (0 extra bytes), "
+                "x~ rebuilt in backward")
+        if producer is not None or int(self.gamma * x.numel()) <= 0:
+            return (x,)
         key = id(x)
         hit = self._cache.get(key)
         if hit is not None and hit[0]() is x and hit[1] == x._version:
             return hit[2]
         flat = x.detach().reshape(-1)
-        magnitude = flat.abs()
-        t = self.threshold(magnitude)
-        keep = torch.ones_like(flat, dtype=torch.bool) if t is None else magnitude > t
-        del magnitude
-        values = flat[keep]
+        t = self.threshold(flat)
+        assert t is not None
+        kernels = _kernels(flat) if self.storage == "mask" else None
+        if kernels is not None:
+            values, where = kernels.encode(flat.contiguous(), t)
+        else:
+            keep = torch.le(flat.abs(), t).logical_not_()  # NaN kept, as by hardshrink
+            values = flat.masked_select(keep)
+            where = pack_bits(keep) if self.storage == "mask" else (
+                keep.nonzero().view(-1).to(torch.int32))
         dtype = VALUES[self.values]
-        if dtype is not None:
-            values = values.to(dtype)
-        saved = (values, pack_bits(keep))
+        saved = (values if dtype is None else values.to(dtype), where)
         ref = weakref.ref(x, functools.partial(_evict, self._cache, key))
         self._cache[key] = (ref, x._version, saved)
         return saved
 
     def decode(self, saved: Sequence[Tensor], shape: torch.Size, dtype: torch.dtype) -> Tensor:
-        """x~: the kept values at their positions, zero elsewhere."""
-        values, packed = saved
+        """x~: the kept entries of x at their positions, zero elsewhere."""
+        if len(saved) == 1:  # x itself: threshold it now
+            (x,) = saved
+            t = self.threshold(x)
+            return x.detach() if t is None else F.hardshrink(x.detach(), t)
+        values, where = saved
         n = math.prod(shape)
-        out = torch.zeros(n, dtype=dtype, device=values.device)
-        out[unpack_bits(packed, n)] = values.to(dtype)
-        return out.view(shape)
+        if self.storage == "indices":
+            out = values.new_zeros(n, dtype=dtype)
+            return out.index_copy_(0, where.long(), values.to(dtype)).view(shape)
+        kernels = _kernels(values.new_empty(0, dtype=dtype))
+        if kernels is not None:
+            return kernels.decode(values.float().contiguous(), where, n).view(shape)
+        keep = unpack_bits(where, n)
+        index = torch.int32 if n < 2**31 else torch.int64
+        rank = torch.cumsum(keep, 0, dtype=index).mul_(keep)  # 1-based; 0 where dropped
+        table = torch.cat([values.new_zeros(1), values]).to(dtype)
+        return table.index_select(0, rank).view(shape)

@@ -51,9 +51,12 @@ class RandomGrowth(fedprune.GrowthCriterion):
 class SquaredGradientGrowth(fedprune.GrowthCriterion):
     """PruneFL importance: squared gradients accumulated over the local steps, over a cost.
 
-    The accumulator is a separate buffer filled explicitly after every backward pass (summing
-    ``param.grad`` by reference changed meaning across torch versions). ``cost`` is the
-    per-parameter communication + compute time t_j; 1 where no device profile is given.
+    As in the paper, a client accumulates over every local step since the last
+    reconfiguration, not only those of the adjustment round: the sum is the client's own state,
+    kept between the rounds it takes part in (`client_state`) and reset once uploaded
+    (`consumed`). The accumulator is a separate buffer filled explicitly after every backward
+    pass (summing ``param.grad`` by reference changed meaning across torch versions). ``cost``
+    is the per-parameter communication + compute time t_j; 1 where no device profile is given.
     """
 
     uses_gradient = False
@@ -65,7 +68,13 @@ class SquaredGradientGrowth(fedprune.GrowthCriterion):
         self.cost = cost
         self.accumulated: dict[str, Tensor] = {}
 
-    def begin(self, params: Mapping[str, nn.Parameter]) -> None:
+    def load_client_state(self, state: Mapping[str, Tensor]) -> None:
+        self.accumulated = dict(state)
+
+    def client_state(self) -> dict[str, Tensor]:
+        return self.accumulated
+
+    def consumed(self) -> None:
         self.accumulated = {}
 
     def after_backward(self, params: Mapping[str, nn.Parameter]) -> None:

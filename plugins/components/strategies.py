@@ -152,12 +152,10 @@ class ServerAdjust(Scheduled):
             return ClientResult(payload={n: scores[n] for n in ctx.masks})
         payload: Payload = {}
         for name, mask in ctx.masks.items():
-            score = torch.where(mask, torch.zeros_like(scores[name]), scores[name])
-            k = min(ctx.counts[name], int((~mask).sum()))
-            top = torch.topk(score.flatten().abs(), k).indices
-            where = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+            top = M.top_indices(scores[name], ~mask, ctx.counts[name])
+            where = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
             where[top] = True
-            payload.update(comm.encode_sparse(name, score, where.view_as(score)))
+            payload.update(comm.encode_sparse(name, scores[name], where.view_as(mask)))
         return ClientResult(payload=payload)
 
     def begin_round(self, server: ServerContext, plan: RoundPlan) -> None:

@@ -1,0 +1,5 @@
+"""``python -m fedprune``: the ``fedprune`` command."""
+
+from fedprune.cli import main
+
+main()
