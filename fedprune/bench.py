@@ -99,6 +99,13 @@ class BenchPlan:
             raise FedpruneError(
                 f"seeds must be non-negative integers, got {', '.join(map(str, bad)) or 'none'}"
             )
+        for what, values in (("method", self.methods), ("seed", self.seeds),
+                             ("grid point", [c.record()["density"] for c in self.grid]
+                              if len({json.dumps(c.record(), sort_keys=True, default=str)
+                                      for c in self.grid}) < len(self.grid) else [])):
+            twice = sorted({str(v) for v in values if list(values).count(v) > 1})
+            if twice:
+                raise FedpruneError(f"{what} given twice: {', '.join(twice)}")
 
     def runs(self) -> Iterator[tuple[int, RunConfig, str]]:
         """(seed, grid point, method) in run order: a seed's runs share its federation."""

@@ -43,8 +43,8 @@ def test_registered_as_activation_compressor():
     (component,) = sap_module.fedprune_activation_compressors()
     assert component.name == "sap"
     assert component.options() == {
-        "gamma": 0.5, "threshold": "estimate", "values": "float32", "linear": False,
-        "sample": 262144, "seed": 0,
+        "gamma": 0.5, "threshold": "estimate", "values": "float32", "storage": "mask",
+        "linear": False, "sample": 32768,
     }
 
 
@@ -115,9 +115,9 @@ def test_gradients_and_saved_bytes(case):
     codec = conv.input_codec
     pruned = codec.decode(codec.encode(x), x.shape, x.dtype)
     kept = pruned != 0
+    n = x.numel()
     assert torch.equal(pruned[kept], x.detach()[kept].to(torch.bfloat16).float()
                        if case["values"] == "bfloat16" else x.detach()[kept])
-    n = x.numel()
     assert int(kept.sum()) <= n - int(case["gamma"] * n)
     dropped = x.detach()[~kept].abs()
     if dropped.numel() and kept.any():
@@ -161,11 +161,12 @@ def test_estimated_threshold_keeps_target_fraction_on_relu_maps(gamma):
     codec = SAP(gamma=gamma)
     assert x.numel() >= 4 * codec.sample  # the estimate really samples
     target = 1 - gamma
-    for _ in range(5):
-        kept = _kept_fraction(codec, x.clone())
-        assert abs(kept - target) <= 0.01, kept  # within 1 percentage point
-        if gamma <= 0.7:  # and within 1% of the target itself (at gamma 0.9: about 1.7 sigma)
-            assert abs(kept - target) <= 0.01 * target, kept
+    torch.manual_seed(int(100 * gamma))
+    draws = [_kept_fraction(codec, x.clone()) for _ in range(5)]
+    assert all(abs(kept - target) <= 0.01 for kept in draws), draws  # within 1 point each
+    mean = sum(draws) / len(draws)
+    if gamma <= 0.7:  # the mean within 1% of the target itself (at gamma 0.9: under 2 sigma)
+        assert abs(mean - target) <= 0.01 * target, draws
 
 
 def test_estimate_does_not_alias_with_columns():

@@ -110,3 +110,33 @@ def test_bench_logs_to_a_real_mlflow_server(mlflow_server, tmp_path, tiny_args):
     assert result.exit_code == 0, result.output
     assert "warning" not in result.output
     check_runs(mlflow_server, ["fedavg", "prunefl"], 2)
+
+
+def test_ui_serves_a_copied_output_with_its_own_artifacts(tmp_path, tiny_args):
+    import shutil
+    import urllib.request
+
+    original = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--output", str(original), *tiny_args])
+    assert result.exit_code == 0, result.output
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)  # the copy must not depend on the original
+    port = free_port()
+    cmd = [sys.executable, "-m", "fedprune", "ui", str(moved), "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with serve(cmd, tmp_path / "ui.log", http_ok(url + "/health")):
+        printed = (tmp_path / "ui.log").read_text()
+        assert f"fedprune: {url}/#/experiments/" in printed
+        body = json.dumps({"experiment_ids": ["1"], "max_results": 10}).encode()
+        request = urllib.request.Request(url + "/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            runs = json.loads(response.read())["runs"]
+        child = next(r for r in runs if {"key": "fedprune.kind", "value": "run"}
+                     in r["data"]["tags"])
+        run_id = child["info"]["run_id"]
+        with urllib.request.urlopen(f"{url}/get-artifact?path=results.json&run_uuid={run_id}",
+                                    timeout=10) as response:
+            assert json.loads(response.read())[0]["method"] == "fedavg"
+        assert child["info"]["artifact_uri"].startswith(moved.resolve().as_uri())

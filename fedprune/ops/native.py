@@ -13,6 +13,7 @@ results. ``FEDPRUNE_NATIVE=0`` skips native kernels altogether (no build attempt
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import threading
@@ -53,7 +54,7 @@ def _ninja_on_path() -> None:
     if shutil.which("ninja") is not None:
         return
     try:
-        import ninja  # type: ignore[import-not-found]
+        import ninja  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
@@ -71,6 +72,8 @@ def load(name: str, source: Path) -> bool:
         if name in _loaded:
             return _loaded[name]
         try:
+            # Its import warns, on every CPU-only machine, that no CUDA runtime was found.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             import torch.utils.cpp_extension as cpp
 
             _ninja_on_path()

@@ -199,8 +199,8 @@ class BitAct(fedprune.ActivationCompressor):
 
         hooks = []
         for name, module in probe.named_modules():
-            if isinstance(module, _Bit):
-                module.share_calls, module._calls = (), 0
+            if isinstance(bit := module, _Bit):
+                bit.share_calls, bit._calls = (), 0
                 hooks.append(module.register_forward_hook(record(name)))
         if not hooks:
             return

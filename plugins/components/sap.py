@@ -238,14 +238,14 @@ class SAP(fedprune.ActivationCompressor):
 
     def encode(self, x: Tensor) -> tuple[Tensor, ...]:
         """What backward needs to rebuild x~: ``(x,)`` where x is kept anyway (or nothing is
-        dropped), else the kept values and their mask or indices. The same tensors for the same
-        live, unchanged input."""
+        dropped and values stay float32), else the kept values and their mask or indices. The
+        same tensors for the same live, unchanged input."""
         producer = kept_by_producer(x)
         if self._record is not None and producer is not None:
             self._record[self._layer] = (
                 f"input kept in full by {type(producer).__name__}: saved as is (0 extra bytes), "
                 "x~ rebuilt in backward")
-        if producer is not None or int(self.gamma * x.numel()) <= 0:
+        if producer is not None or (int(self.gamma * x.numel()) <= 0 and self.values == "float32"):
             return (x,)
         key = id(x)
         hit = self._cache.get(key)
@@ -253,7 +253,7 @@ class SAP(fedprune.ActivationCompressor):
             return hit[2]
         flat = x.detach().reshape(-1)
         t = self.threshold(flat)
-        assert t is not None
+        t = -1.0 if t is None else t  # nothing to drop: every entry kept, at ``values``
         kernels = _kernels(flat) if self.storage == "mask" else None
         if kernels is not None:
             values, where = kernels.encode(flat.contiguous(), t)
