@@ -98,8 +98,7 @@ def options_label(config: Mapping[str, Any]) -> str:
 
     Reads the ``options`` mapping and, for older results, flattened ``option.<key>`` entries.
     """
-    options = {k[len("option."):]: v for k, v in config.items() if k.startswith("option.")}
-    options.update(config.get("options") or {})
+    options = _options(config)
     return ",".join(f"{k}={_option_value(v)}" for k, v in sorted(options.items()))
 
 
@@ -131,13 +130,35 @@ def last_k_accuracy(history: list[dict[str, Any]] | None, last_k: int) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def _options(config: Mapping[str, Any]) -> dict[str, Any]:
+    options = {k[len("option."):]: v for k, v in config.items() if k.startswith("option.")}
+    options.update(config.get("options") or {})
+    return options
+
+
+def _without_constant_options(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies whose ``config.options`` keep only what differs between records: an option every
+    run was given with one value says nothing about any group and would only lengthen labels."""
+    seen = [{k: _option_value(v) for k, v in _options(r.get("config") or {}).items()}
+            for r in records]
+    common = set.intersection(*(set(s.items()) for s in seen)) if seen else set()
+    out = []
+    for record, options in zip(records, seen, strict=True):
+        config = {k: v for k, v in (record.get("config") or {}).items()
+                  if not k.startswith("option.")}
+        config["options"] = {k: v for k, v in _options(record.get("config") or {}).items()
+                             if (k, options[k]) not in common}
+        out.append({**record, "config": config})
+    return out
+
+
 def successful_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ``ok`` records, one per (group, seed).
+    """The ``ok`` records, one per (group, seed), options common to all of them left out.
 
     A run found twice (the same baseline in two merged outputs) would count twice and pair
     ambiguously: the first is kept and a warning names the others.
     """
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = _without_constant_options([r for r in records if r.get("status") == "ok"])
     if not ok:
         statuses = pd.Series([str(r.get("status")) for r in records]).value_counts()
         counts = ", ".join(f"{n} {status}" for status, n in statuses.items())

@@ -195,3 +195,49 @@ def test_prunable_parameters_skip_the_classifier_unless_asked():
     assert all(n.endswith("weight") for n in names)
     assert list(names) == ["0.weight", "3.weight", "7.weight"]  # convs; classifier dense
     assert "12.weight" in M.prunable_parameters(model, prune_classifier=True)
+
+
+# ------------------------------------------------------------------------------------ numerics
+
+
+def test_a_value_sent_outside_the_senders_mask_does_not_leak():
+    template = {"w": torch.zeros(3)}
+    agg = Aggregator(template, {"w": torch.ones(3, dtype=torch.bool)})
+    agg.add({"w": torch.tensor([1.0, 99.0, 99.0])}, 2, {"w": torch.tensor([True, False, False])})
+    agg.add({"w": torch.tensor([3.0, 5.0, 99.0])}, 1, {"w": torch.tensor([True, True, False])})
+    state, votes = agg.result(template)
+    # sum(n m w) / sum(n m): the 99s were outside their sender's mask
+    assert torch.allclose(state["w"], torch.tensor([(2 + 3) / 3, 5.0, 0.0]))
+    assert torch.allclose(votes["w"], torch.tensor([1.0, 1 / 3, 0.0]))
+
+
+def test_float64_scores_are_ranked_at_their_own_precision():
+    base = torch.full((4,), 1.0, dtype=torch.float64)
+    scores = base + torch.tensor([0.0, 3e-12, 1e-12, 2e-12], dtype=torch.float64)
+    assert torch.equal(scores.float(), torch.ones(4))  # one value at float32
+    assert M.top_indices(scores, torch.ones(4, dtype=torch.bool), 2).tolist() == [1, 3]
+    kept = M.keep_top(scores, torch.ones(4, dtype=torch.bool), 2)
+    assert kept.tolist() == [False, True, False, True]
+    mask = torch.tensor([True, True, False, False])
+    new, _ = M.prune_and_grow(mask, scores, -scores, 1)  # prunes 0 (lowest), grows 3 (|-x|)
+    assert new.tolist() == [False, True, False, True]
+
+
+@FAST
+@given(st.integers(4, 60), st.floats(0.1, 0.9), st.floats(0, 1), st.integers(0, 999),
+       st.sampled_from([float("nan"), float("inf"), float("-inf")]))
+def test_non_finite_scores_never_grow_the_mask(numel, d, frac, seed, bad):
+    gen = torch.Generator().manual_seed(seed)
+    mask = M.random_masks({"w": torch.Size([numel])}, {"w": max(1, int(d * numel))}, gen)["w"]
+    k = math.ceil(frac * int(mask.sum()))
+    poison = torch.rand(numel, generator=gen) < 0.5
+    prune = torch.rand(numel, generator=gen).masked_fill(poison, bad)
+    grow = torch.randn(numel, generator=gen).masked_fill(~poison, bad)
+    new, grown = M.prune_and_grow(mask, prune, grow, k)
+    assert int(new.sum()) == int(mask.sum())  # never more than the target, whatever the scores
+    finite_candidates = ~mask & poison  # grow scores finite only where poisoned for pruning
+    if int(finite_candidates.sum()) >= int(grown.sum()):
+        assert not torch.any(grown & ~poison)  # non-finite growth scores rank last
+    pruned = mask & ~new
+    if int((mask & poison).sum()) >= int(pruned.sum()):
+        assert not torch.any(pruned & ~poison)  # non-finite prune scores go first

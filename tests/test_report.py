@@ -385,3 +385,12 @@ def test_figure_files_are_valid_and_reproducible(bench_records, tmp_path):
             assert imread(path).ndim == 3
         else:
             assert ET.parse(path).getroot().tag.endswith("svg")
+
+
+def test_options_every_run_shares_are_left_out_of_labels():
+    records = [record(m, s, 0.9, options={"cosine.interval": 5, "sap.gamma": g})
+               for m, g in (("feddst", 0.5), ("fedmef", 0.7)) for s in range(2)]
+    table = rp.summary_table(records)
+    assert sorted(table["options"]) == ["sap.gamma=0.5", "sap.gamma=0.7"]
+    same = [record("fedmef", s, 0.9, options={"cosine.interval": 5}) for s in range(2)]
+    assert list(rp.summary_table(same)["options"]) == [""]
