@@ -328,16 +328,20 @@ def run_bench(
         data: DatasetSplits | None = None
         federations: dict[tuple, Federation] = {}
         for seed, config, name in plan.runs():
+            if not by_name[name].sparse:  # a dense method is the same run at every density
+                config = dataclasses.replace(config, density=1.0)
             key = run_key(name, config, seed, swept)
             if key in done:
                 continue
+            done.add(key)
             if data is None:
                 data = registry.get(config.dataset, "dataset").build(
                     root=config.data_root, **config.component_options(config.dataset))
             fed_key = (seed, _shared_options(config))
             if fed_key not in federations:
                 federations = {fed_key: make_federation(registry, config, seed, data)}
-            record = _run_one(registry, by_name[name], federations[fed_key], key, observers,
+            federation = dataclasses.replace(federations[fed_key], config=config)
+            record = _run_one(registry, by_name[name], federation, key, observers,
                               output, plan.checkpoint_every, provenance, executor)
             results.append(record)
             output.write_json(RESULTS_FILE, results)

@@ -140,3 +140,22 @@ def test_parse_options_reads_json_values_and_sweeps():
         "a.b": [5], "c.d": [0.5], "e.f": [True], "g.h": ["erk"]}
     assert parse_options(["a.b=1,2", 'c.d={"x": 1, "y": 2}']) == {
         "a.b": [1, 2], "c.d": [{"x": 1, "y": 2}]}
+
+
+def test_a_sweep_runs_every_grid_point_on_the_seeds_shared_federation(tmp_path, tiny_args):
+    out = tmp_path / "out"
+    result = bench(["--methods", "fedavg,feddst", "--density", "0.1,0.3", "--output", str(out),
+                    "--no-tracking", "--no-report", "-o", "cosine.interval=1,2", *tiny_args])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "results.json").read_text())
+    runs = {r["key"]: r for r in records}
+    # the dense method once per options grid point, at density 1; each sparse one per point
+    assert sorted(runs) == sorted(
+        [f"fedavg d=1 cosine.interval={i} seed=0" for i in (1, 2)]
+        + [f"feddst d={d} cosine.interval={i} seed=0" for d in (0.1, 0.3) for i in (1, 2)])
+    for key, record in runs.items():
+        assert record["status"] == "ok", key
+        assert record["config"]["density"] == pytest.approx(record["density"], abs=0.01), key
+    # an option FedAvg ignores leaves its run unchanged: the grid points share data and weights
+    a, b = (runs[f"fedavg d=1 cosine.interval={i} seed=0"] for i in (1, 2))
+    assert a["history"] == b["history"] and a["final_accuracy"] == b["final_accuracy"]

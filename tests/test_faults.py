@@ -121,7 +121,7 @@ def test_an_interrupt_records_the_run_in_flight_and_marks_tracking_killed(
     runs = client.search_runs([client.get_experiment_by_name("fedprune").experiment_id])
     status = {r.data.tags.get("fedprune.key", "bench"): r.info.status for r in runs}
     assert status["bench"] == "KILLED" and status["feddst d=0.2 seed=0"] == "KILLED"
-    assert status["fedavg d=0.2 seed=0"] == "FINISHED"
+    assert status["fedavg d=1 seed=0"] == "FINISHED"
     result = CliRunner().invoke(main, ["bench", "--resume", str(out), "--no-tracking"])
     assert result.exit_code == 0, result.output
     compare(json.loads((out / "results.json").read_text()), reference)
