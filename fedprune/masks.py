@@ -207,6 +207,13 @@ def top_indices(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Te
     return torch.topk(flat, k).indices if k > 0 else flat.new_zeros(0, dtype=torch.long)
 
 
+def top_mask(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """`top_indices` as a bool tensor shaped like ``scores``: what a top-k upload sends."""
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    out[top_indices(scores, allowed, k)] = True
+    return out.view(scores.shape)
+
+
 def adjustment_counts(masks: Mapping[str, torch.Tensor], fraction: float) -> dict[str, int]:
     """k_l = ceil(fraction * active_l) per layer (RigL's drop count)."""
     return {n: math.ceil(fraction * int(m.sum())) for n, m in masks.items()}

@@ -130,8 +130,8 @@ class FedRTS(fedprune.Strategy):
         pruning = server.parts.need(PruningCriterion)
         explore = self.explore_counts(server, round)
         return {
-            name: indicator(M.top_indices(pruning.scores(weights[name], None), mask,
-                                        int(mask.sum()) - explore[name]), mask)
+            name: M.top_mask(pruning.scores(weights[name], None), mask,
+                             int(mask.sum()) - explore[name])
             for name, mask in server.masks.items()
         }
 

@@ -331,10 +331,8 @@ class FedTiny(fedprune.Strategy):
             return ClientResult(payload={n: scores[n] for n in layers})
         payload: Payload = {}
         for name in layers:
-            mask, score = ctx.masks[name], scores[name]
-            top = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-            top[M.top_indices(score, ~mask, ctx.counts[name])] = True
-            payload.update(comm.encode_sparse(name, score, top.view_as(mask)))
+            top = M.top_mask(scores[name], ~ctx.masks[name], ctx.counts[name])
+            payload.update(comm.encode_sparse(name, scores[name], top))
         return ClientResult(payload=payload)
 
     def begin_round(self, server: ServerContext, plan: RoundPlan) -> None:

@@ -152,10 +152,8 @@ class ServerAdjust(Scheduled):
             return ClientResult(payload={n: scores[n] for n in ctx.masks})
         payload: Payload = {}
         for name, mask in ctx.masks.items():
-            top = M.top_indices(scores[name], ~mask, ctx.counts[name])
-            where = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
-            where[top] = True
-            payload.update(comm.encode_sparse(name, scores[name], where.view_as(mask)))
+            top = M.top_mask(scores[name], ~mask, ctx.counts[name])
+            payload.update(comm.encode_sparse(name, scores[name], top))
         return ClientResult(payload=payload)
 
     def begin_round(self, server: ServerContext, plan: RoundPlan) -> None:
