@@ -264,9 +264,10 @@ def paired_differences(
     """Each group minus the baseline's, paired by seed, in points, with a paired t-test.
 
     Pairing by seed removes what a seed shares across methods (data split, initial weights),
-    so small differences are detectable. The baseline group has the same target density (any,
-    for a dense baseline) and the same options (else none). One row per non-baseline group;
-    those without a baseline group have 0 pairs.
+    so small differences are detectable. The baseline group has the same target density and
+    the same options (else none); where either side is dense its target density does not matter,
+    so a dense method gets one row per density of a sparse baseline. Groups without a baseline
+    group get one row with 0 pairs.
     """
     check_baseline(records, baseline)
     runs = run_table(records, last_k)
@@ -274,27 +275,23 @@ def paired_differences(
     dense = _is_dense(runs[runs["method"] == baseline])
     rows = []
     for key, group in _groups(runs[runs["method"] != baseline]):
-        ref_key = _baseline_group(key, set(group["seed"]), reference, dense)
-        ref = reference[ref_key] if ref_key else group.iloc[:0]
-        pairs = group.merge(ref, on="seed", suffixes=("", " base"))
-        row = {**dict(zip(GROUP, key, strict=True)),
-               "baseline": group_label(*ref_key) if ref_key else "", "n pairs": len(pairs)}
-        for metric in (FINAL, last_k_column(last_k)):
-            row.update(_paired_test(pairs[metric], pairs[f"{metric} base"], metric))
-        rows.append(row)
+        for ref_key in _baseline_groups(key, reference, dense or _is_dense(group)) or [None]:
+            ref = reference[ref_key] if ref_key else group.iloc[:0]
+            pairs = group.merge(ref, on="seed", suffixes=("", " base"))
+            row = {**dict(zip(GROUP, key, strict=True)),
+                   "baseline": group_label(*ref_key) if ref_key else "", "n pairs": len(pairs)}
+            for metric in (FINAL, last_k_column(last_k)):
+                row.update(_paired_test(pairs[metric], pairs[f"{metric} base"], metric))
+            rows.append(row)
     return pd.DataFrame(rows, columns=_paired_columns(last_k))
 
 
-def _baseline_group(key, seeds: set, reference: dict, dense: bool):
-    """The baseline group that ``key``'s group is compared with, or None."""
+def _baseline_groups(key, reference: dict, dense: bool) -> list:
+    """The baseline groups that ``key``'s group is compared with (``dense``: either side is)."""
     _, density, options = key
     candidates = [k for k in reference if k[2] == options] or [k for k in reference if not k[2]]
     same_density = [k for k in candidates if k[1] == density]
-    if same_density:
-        return same_density[0]
-    if dense and candidates:  # a dense baseline's target density does not matter
-        return max(candidates, key=lambda k: len(seeds & set(reference[k]["seed"])))
-    return None
+    return same_density[:1] or (candidates if dense else [])
 
 
 def _diff_name(metric: str) -> str:

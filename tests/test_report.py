@@ -193,10 +193,14 @@ def test_baseline_group_by_density_options_and_denseness():
     dense = rp.paired_differences(records, "fedavg")  # dense: any target density
     assert list(dense["baseline"]) == ["fedavg @0.2"] * 3
     sparse = rp.paired_differences(records, "feddst")
-    assert only(sparse, method="fedavg")["n pairs"] == 0  # no feddst at 0.2
+    dense_row = only(sparse, method="fedavg")  # a dense method pairs with any target density
+    assert dense_row["baseline"] == "feddst @0.1" and dense_row["n pairs"] == 2
     optioned = only(sparse, options="sap.gamma=0.7")  # falls back to the option-less baseline
     assert optioned["baseline"] == "feddst @0.1" and optioned["n pairs"] == 2
     assert only(sparse, **{"target density": 0.5})["baseline"] == ""
+    records += [record("feddst", s, 0.92, density=0.3) for s in range(2)]
+    both = rp.paired_differences(records, "feddst")
+    assert list(both[both["method"] == "fedavg"]["baseline"]) == ["feddst @0.1", "feddst @0.3"]
 
 
 def test_unknown_baseline_names_the_methods():
