@@ -269,3 +269,18 @@ def test_every_builtin_model_keeps_its_signal_under_nsconv():
         for row in module.measure(list(module.MODELS), seed):
             assert row["nsconv_rms"] >= 0.1 * row["bn_rms"], row
             assert row["nsconv_rms"] <= 10 * row["bn_rms"], row  # and it does not explode
+
+
+@pytest.mark.parametrize("density", [1.0, 0.3, 0.05])
+def test_every_stats_mode_preserves_the_signal_of_a_sparse_layer(density):
+    # The scale is rsqrt(var * n) with n the count the statistics are taken over: a unit-variance
+    # input gives a unit-RMS output per channel (gain 1), whatever the density.
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 256, 1, 1, generator=gen)
+    mask = torch.rand(weight.shape, generator=gen) < density
+    mask[:, 0] = True
+    x = torch.randn(4096, 256, generator=gen)
+    for stats in ("all", "active"):
+        w = standardize(weight * mask, torch.ones(64, 1, 1, 1), mask, stats) * mask
+        rms = (x @ w.view(64, -1).T).pow(2).mean().sqrt()
+        assert 0.8 <= float(rms) <= 1.2, (stats, float(rms))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-#: Floor of var * fan_in, as in NF-Nets: keeps the scale finite for (near-)constant channels.
+#: Floor of var * n, as in NF-Nets: keeps the scale finite for (near-)constant channels.
 EPS = 1e-4
 STATS = ("all", "active")
 
@@ -45,7 +45,8 @@ def _channel_stats(
     """Per-output-channel mean, (biased) variance and the count they are taken over.
 
     ``stats="active"`` takes them over the active (mask True) entries only; with no mask, or with
-    ``stats="all"``, over every entry including zeros.
+    ``stats="all"``, over every entry including zeros. The scale is rsqrt(var * n): n is the
+    fan-in whose variance it preserves (all inputs, or the active ones).
     """
     dims = tuple(range(1, weight.dim()))
     if stats == "active" and mask is not None:
@@ -66,15 +67,14 @@ def standardize(
     ``gain`` broadcasts against ``weight`` (shape ``(out, 1, 1, 1)``). ``mask`` only matters for
     ``stats="active"``; the caller multiplies the result by the mask.
     """
-    mean, var, _ = _channel_stats(weight, mask, stats)
-    fan_in = weight[0].numel()
-    return gain * (weight - mean) * torch.rsqrt((var * fan_in).clamp_min(eps))
+    mean, var, n = _channel_stats(weight, mask, stats)
+    return gain * (weight - mean) * torch.rsqrt((var * n).clamp_min(eps))
 
 
 class _Stats(NamedTuple):
     """Per-channel statistics of one weight, as ``(out, 1)`` columns (tiny: saved for backward).
 
-    ``s`` = rsqrt(max(var * fan_in, eps)); ``live`` is 1 where var * fan_in >= eps (there the
+    ``s`` = rsqrt(max(var * n, eps)); ``live`` is 1 where var * n >= eps (there the
     scale depends on the weight), else 0; ``n`` is the count the statistics are taken over.
     """
 
@@ -97,7 +97,7 @@ def _stats(weight: Tensor, mask: Tensor | None, stats: str, eps: float) -> _Stat
         n = w.new_full((w.shape[0], 1), fan_in)
         mean = w.mean(1, keepdim=True)
         d = w - mean
-    z = d.mul_(d).sum(1, keepdim=True) / n * fan_in
+    z = d.mul_(d).sum(1, keepdim=True)  # var * n: n is the fan-in the scale preserves
     return _Stats(mean, torch.rsqrt(z.clamp_min(eps)), (z >= eps).to(w.dtype), n)
 
 
@@ -121,7 +121,7 @@ def _stats_backward(
     g = grad.reshape(rows, -1)
     out = weight.reshape(rows, -1) - st.mean  # W - mean; becomes the gradient in place
     grad_gain = st.s * torch.linalg.vecdot(g, out).unsqueeze(1)  # sum(grad * u)
-    k = st.live * (out.shape[1] * st.s / st.n) * grad_gain
+    k = st.live * st.s * grad_gain
     out.mul_(k).add_(g.sum(1, keepdim=True) / st.n)
     if stats == "active" and mask is not None:
         out.mul_(mask.reshape(rows, -1))
@@ -140,13 +140,13 @@ def standardize_backward(
     """Gradients w.r.t. ``weight`` and ``gain`` of `standardize`, given ``grad`` = dL/dW^.
 
     Closed form, so backward builds no autograd graph (whose saved tensors a meter active during
-    backward would count). With u = (W - mean) * s, s = rsqrt(max(var * fan_in, eps)) and sums
+    backward would count). With u = (W - mean) * s, s = rsqrt(max(var * n, eps)) and sums
     over each output channel (n entries in the statistics, indicator [k in S] of taking part in
-    them, [live] of var * fan_in >= eps):
+    them, [live] of var * n >= eps):
 
         dL/dgain = A = sum(grad * u)
         dL/dW_k  = gain * s * (grad_k - [k in S] * (sum(grad) / n
-                                                    + [live] * fan_in * s * A / n * (W_k - mean)))
+                                                    + [live] * s * A * (W_k - mean)))
 
     per-channel coefficients times a few passes over the weight.
     """
