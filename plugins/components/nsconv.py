@@ -4,9 +4,10 @@ Each ``nn.Conv2d`` becomes an `NSConv2d` that convolves with the standardised, m
 
     W^ = gain * (W - mean(W)) / sqrt(max(var(W) * n, 1e-4)) * mask
 
-(statistics per output channel, over its n = fan_in entries, or its active ones), and each ``nn.BatchNorm2d`` becomes ``nn.Identity``. Without
-BatchNorm, activations stay zero-centred through the weights alone, which is what lets SAP drop
-small activations cheaply, and training no longer depends on client batch statistics.
+(statistics per output channel, over its n = fan_in entries or its active ones), and each
+``nn.BatchNorm2d`` becomes ``nn.Identity``. Without BatchNorm, activations stay zero-centred
+through the weights alone, which is what lets SAP drop small activations cheaply, and training
+no longer depends on client batch statistics.
 
 Memory: written out with differentiable ops, the standardisation makes autograd keep two extra
 weight-sized tensors per layer for backward, and the convolution keeps W^ itself. With
