@@ -51,7 +51,7 @@ def test_a_paper_preset_runs_with_command_line_overrides(tmp_path):
     make_cifar10(root)
     out = tmp_path / "out"
     args = [
-        "bench", "--preset", "fedmef-cifar10-resnet18", "--methods", "fedavg", "--model", "cnn",
+        "bench", "--preset", "fedmef-cifar10-resnet18", "--methods", "feddst", "--model", "cnn",
         "--data-root", str(root), "--rounds", "1", "--clients", "2", "--clients-per-round", "2",
         "--local-steps", "1", "--batch-size", "8", "--partition", "iid", "--output", str(out),
         "--no-tracking", "--threads", "1",
