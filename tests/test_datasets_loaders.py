@@ -115,3 +115,24 @@ def test_decoding_keeps_the_order(tmp_path):
     out = np.zeros((len(files), 3, 32, 32), dtype=np.uint8)
     decode_images(files, out, 32)
     np.testing.assert_array_equal(out, fx.images["test"])
+
+
+def test_the_embedded_digits_are_scikit_learns_with_its_stratified_split():
+    """The shipped copy loads without scikit-learn and equals what it loaded from it."""
+    import pytest
+
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    from fedprune.data.digits import load_digits
+
+    bunch = sklearn_datasets.load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, bunch.target, test_size=0.2, stratify=bunch.target, random_state=0)
+    data = load_digits()
+    assert np.array_equal(data.train.images, x_train)
+    assert np.array_equal(data.test.images, x_test)
+    assert np.array_equal(data.train.targets, y_train)
+    assert np.array_equal(data.test.targets, y_test)
+    assert float(data.train._mean) == float(np.float32(x_train.mean()))
