@@ -12,9 +12,11 @@ Default store: SQLite inside the output directory, artifacts beside it. ``--trac
   and figures, and results.json; provenance (versions, commit, command, threads, device) is
   tagged on both; the experiment is tagged as model training, so the MLflow UI opens on its runs.
 
-Tracking never blocks or costs a result: requests to a server time out after a few seconds
-with at most one retry, an unreachable server is detected before training, and any MLflow
-failure gives one warning, switches tracking off for the bench, and the bench goes on.
+Tracking never blocks or costs a result: MLflow runs on one background thread, in the order
+the hooks were called (importing MLflow and creating its store take seconds: training starts
+meanwhile), and the bench waits for it only at the end of each run; requests to a server time
+out after a few seconds with at most one retry; any MLflow failure gives one warning (on the
+main thread, at the next hook), switches tracking off for the bench, and the bench goes on.
 A resumed bench continues in the same parent and child runs (found by their tags); interrupted
 runs are marked KILLED.
 """
@@ -28,6 +30,7 @@ import socket
 import tempfile
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -86,8 +89,26 @@ class MLflowTracker:
         self.child_id: str | None = None
         self.bench_id = ""
         self.failed = False
+        self._worker: ThreadPoolExecutor | None = None
+        self._pending: list[str] = []  # failures to warn about, from the main thread
+        self._last: Future | None = None
 
     def _guard(self, action: Any, *args: Any) -> None:
+        """Queue ``action`` for the tracking thread (after every earlier one)."""
+        self._warn()
+        if self.failed:
+            return
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="fedprune-mlflow")
+        self._last = self._worker.submit(self._call, action, *args)
+
+    def _wait(self) -> None:
+        """Wait for every queued call, then say what failed."""
+        if self._last is not None:
+            self._last.result()
+        self._warn()
+
+    def _call(self, action: Any, *args: Any) -> None:
         if self.failed:
             return
         try:
@@ -95,12 +116,14 @@ class MLflowTracker:
         except Exception as exc:
             self.failed = True
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            warnings.warn(
+            self._pending.append(
                 f"MLflow tracking at {self.uri} failed and is off for the rest of this bench "
-                f"({type(exc).__name__}: {first[:300]}); results.json is still written",
-                TrackingWarning,
-                stacklevel=3,
+                f"({type(exc).__name__}: {first[:300]}); results.json is still written"
             )
+
+    def _warn(self) -> None:
+        while self._pending:
+            warnings.warn(self._pending.pop(0), TrackingWarning, stacklevel=4)
 
     # --------------------------------------------------------------------------------- hooks
 
@@ -114,16 +137,20 @@ class MLflowTracker:
 
     @hookimpl
     def fedprune_round_end(self, run, round, metrics):
-        if self.child_id:
-            self._guard(self._log_metrics, self.child_id, metrics, round)
+        self._guard(self._log_round, dict(metrics), round)
 
     @hookimpl
     def fedprune_run_end(self, run, result):
-        self._guard(self._end_run, run, result)
+        self._guard(self._end_run, run, dict(result))
+        self._wait()  # a finished run is tracked before the next one starts
 
     @hookimpl
     def fedprune_bench_end(self, bench, results):
-        self._guard(self._end_bench, results)
+        self._guard(self._end_bench, list(results))
+        self._wait()
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
 
     # ---------------------------------------------------------------------------- mlflow calls
 
@@ -164,6 +191,10 @@ class MLflowTracker:
                              {**tags, "fedprune.bench_id": self.bench_id}.items())
         found = self.client.search_runs([self.experiment_id], query, max_results=1)
         return found[0].info.run_id if found else None
+
+    def _log_round(self, metrics: dict[str, float], round: int) -> None:
+        if self.child_id:
+            self._log_metrics(self.child_id, metrics, round)
 
     def _start_run(self, run) -> None:
         self.child_id = self._find({"fedprune.key": run.key}) if run.resumed_from else None
