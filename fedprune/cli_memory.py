@@ -53,6 +53,11 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> str
               help="Component option, e.g. -o sap.gamma=0.7 -o mobilenetv2.stage2_stride=1.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="torch CPU threads [default: torch's choice].")
+@click.option("--accounting", type=click.Choice(["measured", "paper"]), default="measured",
+              show_default=True,
+              help="measured: the parts as configured; paper: each transform and compressor "
+              "stores what the paper's accounting counts (e.g. SAP values in float16 plus int32 "
+              "indices, NSConv's standardised weight kept; see docs/memory.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def memory(**kw: Any) -> None:
     """Measure one training step of each method's client: parameters in their cheapest sparse
@@ -96,6 +101,10 @@ def memory(**kw: Any) -> None:
         settings["density"] = float(settings["density"])
         config = RunConfig(**settings, options=options)
         methods = resolve_methods(pm, specs, [config])
+        if kw["accounting"] != "measured":
+            config = RunConfig(**settings, options={
+                **accounting_options(pm.registry, methods, config, kw["accounting"]), **options})
+            methods = resolve_methods(pm, specs, [config])
     except ValueError:
         raise click.BadParameter(f"{kw['density']!r} is not a number",
                                  param_hint="'--density'") from None
@@ -110,13 +119,49 @@ def memory(**kw: Any) -> None:
         batch = federation.memory_batch()
         for method in methods:
             run = prepare(registry, method, federation)
-            rows.append({"method": method.name, "memory": measure_memory(run, batch).as_dict()})
+            rows.append({"method": method.name, "accounting": kw["accounting"],
+                         "memory": measure_memory(run, batch).as_dict(),
+                         "skipped": skipped_layers(run)})
     except FedpruneError as exc:
         raise click.ClickException(str(exc)) from None
     if kw["as_json"]:
         click.echo(json.dumps(rows, indent=2))
     else:
         _print_table(rows, kw, data.input_shape)
+
+
+def accounting_options(registry: Any, methods: list[Any], config: Any, accounting: str
+                       ) -> dict[str, Any]:
+    """``component.option`` overrides that make every transform and compressor of ``methods``
+    store what ``accounting`` counts (their ``accountings`` declarations); an explicit ``-o``
+    still wins."""
+    from fedprune.contracts import ActivationCompressor, ModelTransform
+    from fedprune.engine.parts import build_parts
+
+    out: dict[str, Any] = {}
+    for method in methods:
+        parts = build_parts(registry, method, config)
+        built: list[ModelTransform | ActivationCompressor] = [
+            *parts.many(ModelTransform), *parts.many(ActivationCompressor)]
+        names = [*method.model_transforms, *method.activation_compressors]
+        for name, part in zip(names, built, strict=True):
+            overrides = part.accountings.get(accounting, {})
+            if overrides is None:
+                raise FedpruneError(
+                    f"{method.name}: {name} has no place in the {accounting!r} accounting; "
+                    f"measure without +{name}, or with --accounting measured")
+            out.update({f"{name}.{key}": value for key, value in overrides.items()})
+    return out
+
+
+def skipped_layers(run: Any) -> dict[str, dict[str, str]]:
+    """Per compressor of the run, the layers it left alone and why."""
+    from fedprune.contracts import ActivationCompressor
+
+    names = run.parts.method.activation_compressors
+    built = run.parts.many(ActivationCompressor)
+    return {name: part.skipped() for name, part in zip(names, built, strict=True)
+            if part.skipped()}
 
 
 def _print_table(rows: list[dict[str, Any]], kw: dict[str, Any], shape: tuple) -> None:
@@ -140,5 +185,14 @@ def _print_table(rows: list[dict[str, Any]], kw: dict[str, Any], shape: tuple) -
     base = rows[0]["method"] if rows else "-"
     out.print(
         f"footprint = params (cheapest sparse format) + saved activations; ratio: footprint / "
-        f"{base}'s; RSS + = peak RSS minus RSS at entry, noisy (see docs/memory.md)"
+        f"{base}'s; RSS + = peak RSS minus RSS at entry, noisy (see docs/memory.md); "
+        f"accounting: {kw['accounting']}"
     )
+    for row in rows:
+        for name, layers in row["skipped"].items():
+            by_reason: dict[str, list[str]] = {}
+            for layer, why in layers.items():
+                by_reason.setdefault(why, []).append(layer)
+            for why, names in by_reason.items():
+                out.print(f"{row['method']}: {name} left {len(names)} layer(s) alone, {why}: "
+                          f"{', '.join(names)}", markup=False, highlight=False)

@@ -251,6 +251,7 @@ class ActivationCompressor:
     instance may set it from its options); input gradients must stay exact. Both are checked
     by `fedprune.testing.check_activation_compressor`.
     `skipped` names the layers it left alone in the last `apply` (and why), for reports.
+    ``accountings``: see `ModelTransform`.
 
     Pitfall: a compressed copy saves nothing where another op keeps the full tensor anyway (a
     ReLU keeps its output for its own backward, BatchNorm its input): the copy is then stored
@@ -261,6 +262,7 @@ class ActivationCompressor:
 
     saves_memory: bool = True
     min_weight_grad_cosine: float = 0.99
+    accountings: ClassVar[Mapping[str, Mapping[str, Any] | None]] = {}
 
     def apply(self, model: nn.Module) -> None:
         raise NotImplementedError
@@ -275,9 +277,16 @@ class ActivationCompressor:
 
 class ModelTransform:
     """Changes a model's architecture before training (e.g. NSConv), reusing its weight
-    parameters so every method starts from the same initial weights."""
+    parameters so every method starts from the same initial weights.
+
+    ``accountings`` (also on `ActivationCompressor`): per named memory accounting of
+    ``fedprune memory --accounting NAME``, the options that make the part store for backward
+    what that accounting counts (e.g. a paper's storage format), or None where the part has no
+    place in it. Unnamed accountings leave the part as configured.
+    """
 
     required: ClassVar[tuple[str, ...]] = ("apply",)
+    accountings: ClassVar[Mapping[str, Mapping[str, Any] | None]] = {}
 
     def apply(self, model: nn.Module) -> None:
         raise NotImplementedError

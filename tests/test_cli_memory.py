@@ -28,7 +28,8 @@ def test_json_schema(tmp_path):
     rows = json.loads(result.output)
     assert [r["method"] for r in rows] == ["fedavg", "feddst", "fedmef", "fedmef+bitact"]
     for row in rows:
-        assert set(row) == {"method", "memory"}
+        assert set(row) == {"method", "accounting", "memory", "skipped"}
+        assert row["accounting"] == "measured"
         mem = row["memory"]
         assert tuple(mem) == FIELDS
         assert mem["cuda_peak_bytes"] is None  # CPU
@@ -132,3 +133,28 @@ def test_masks_saved_for_backward_are_model_state_not_activations():
     with SavedTensorMeter(exclude=model) as meter:  # the mask counted, for contrast
         nn.functional.cross_entropy(model(x), y).backward()
     assert meter.bytes - report.activation_bytes == masks["0.weight"].nbytes
+
+
+def test_the_paper_accounting_stores_what_the_fedmef_authors_store():
+    def measured(accounting):
+        result = run("--methods", "feddst,fedmef", "--accounting", accounting, "--json")
+        assert result.exit_code == 0, result.output
+        return {r["method"]: r["memory"]["activation_bytes"] for r in json.loads(result.output)}
+
+    ours, paper = measured("measured"), measured("paper")
+    assert paper["feddst"] == ours["feddst"]  # nothing of FedDST's changes
+    # int32 indices and the kept standardised weights cost more than a 1-bit mask, fp16 less:
+    assert paper["fedmef"] != ours["fedmef"]
+    result = run("--methods", "fedmef+bitact", "--accounting", "paper")
+    assert result.exit_code == 2
+    assert "bitact has no place in the 'paper' accounting" in result.output
+
+
+def test_the_layers_a_compressor_leaves_alone_are_named():
+    result = run("--model", "resnet18", "--input-shape", "3,16,16", "--methods", "feddst+sap",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert "layer1.0.conv1" in row["skipped"]["sap"]
+    table = run("--model", "resnet18", "--input-shape", "3,16,16", "--methods", "feddst+sap")
+    assert "feddst+sap: sap left" in table.output

@@ -170,6 +170,7 @@ class BitAct(fedprune.ActivationCompressor):
     """
 
     min_weight_grad_cosine = 1.0 - 1e-6
+    accountings = {"paper": None}  # the papers count full activations: no 1-bit storage
 
     def __init__(self) -> None:
         self._left_alone: dict[str, str] = {}

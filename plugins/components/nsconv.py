@@ -167,9 +167,12 @@ class NSConv(fedprune.ModelTransform):
       their MobileNetV2 scales its activations (VPReLU), their ResNet keeps plain ReLU, where
       the residual sums already double the variance each block ReLU halves (scaled, ResNet18's
       logits grow 50-fold over BatchNorm's). So ``auto`` scales every activation but plain
-      ``nn.ReLU``; ``"all"`` and ``"none"`` are there for ablations. ``benchmarks/signal.py``
+      ``nn.ReLU``; ``"all"`` and ``"none"`` are there for ablations. ``benchmarks/init_signal.py``
       measures the logits' RMS of each built-in model both ways.
     """
+
+    # The FedMef authors' code keeps the standardised weight W^ for backward (textbook autograd).
+    accountings = {"paper": {"recompute": False}}
 
     def __init__(
         self, stats: str = "all", recompute: bool = True, scale_activations: str = "auto"

@@ -115,6 +115,9 @@ class SAP(fedprune.ActivationCompressor):
     - ``sample``: sample size of the estimate; inputs no larger are thresholded exactly.
     """
 
+    # The FedMef authors' storage: kept values in float16 plus their int32 positions.
+    accountings = {"paper": {"storage": "indices", "values": "float16"}}
+
     def __init__(
         self,
         gamma: float = 0.5,
