@@ -6,7 +6,7 @@ activations to keep it (docs/methods.md). The NSConv figure should be at least a
 BatchNorm one for every model. Models are in training mode (BatchNorm normalises with the batch
 statistics, as in training), inputs standard normal, batch 16, 32x32 (8x8 for the digits CNN).
 
-    python benchmarks/signal.py [--json] [--models cnn,resnet18,...] [--seed 0]
+    python benchmarks/init_signal.py [--json] [--models cnn,resnet18,...] [--seed 0]
 """
 
 from __future__ import annotations

@@ -257,11 +257,11 @@ def test_auto_scales_every_activation_but_plain_relu():
 
 
 def test_every_builtin_model_keeps_its_signal_under_nsconv():
-    """benchmarks/signal.py: the NSConv twin's logits RMS is at least a tenth of BatchNorm's."""
+    """benchmarks/init_signal.py: NSConv twins keep a tenth of BatchNorm logits RMS or more."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "signal.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "init_signal.py"
     spec = importlib.util.spec_from_file_location("signal_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
