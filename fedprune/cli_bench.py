@@ -64,6 +64,13 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Skip the mean ± std report (written when there are several seeds or methods).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="torch CPU threads [default: torch's choice]; recorded in the results.")
+@click.option("--engine", type=click.Choice(["local", "flower"]), default="local",
+              show_default=True,
+              help="local: clients train one after another in this process; flower: on "
+              "Flower's simulation engine (Ray), --workers clients at once (needs "
+              "fedprune[flower]); the results are the same.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Client actors in parallel with --engine flower.")
 @click.pass_context
 def bench(ctx: click.Context, **kw: Any) -> None:
     """Train METHODS on the same data, partition and initial weights; compare them.
@@ -97,10 +104,16 @@ def bench(ctx: click.Context, **kw: Any) -> None:
                     name="mlflow")
     record = provenance(torch.get_num_threads())
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    engine = run_bench
+    if kw["engine"] == "flower":
+        engine = _flower_engine(kw["workers"], kw["threads"] or 0)
+    elif kw["workers"] != 1:
+        raise click.BadParameter("--workers applies to --engine flower only",
+                                 param_hint="'--workers'")
     try:
-        results = run_bench(pm, plan, output, resume=resume is not None,
-                            overwrite=kw["overwrite"], provenance=record,
-                            report=not kw["no_report"])
+        results = engine(pm, plan, output, resume=resume is not None,
+                         overwrite=kw["overwrite"], provenance=record,
+                         report=not kw["no_report"])
     except Interrupted as stop:
         click.echo(f"interrupted: finished runs are in {output / 'results.json'}; continue "
                    f"with: fedprune bench --resume {output}", err=True)
@@ -122,6 +135,24 @@ def bench(ctx: click.Context, **kw: Any) -> None:
             why = r.get("error") or f"after round {r.get('round')}"
             click.echo(f"{r['key']} {r['status']}: {why}", err=True)
         sys.exit(1)
+
+
+def _flower_engine(workers: int, threads: int) -> Any:
+    """`fedprune.flower.simulation.run_bench` for ``workers`` actors, or a usage error naming
+    the extra to install."""
+    try:
+        import flwr  # noqa: F401
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise click.UsageError(
+            f"--engine flower needs Flower's simulation engine ({exc}); install it with: "
+            "pip install 'fedprune[flower]'") from None
+    from fedprune.flower.simulation import run_bench as on_flower
+
+    def engine(*args: Any, **kw: Any) -> Any:
+        return on_flower(*args, workers=workers, threads=threads, **kw)
+
+    return engine
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -159,3 +159,28 @@ def test_a_sweep_runs_every_grid_point_on_the_seeds_shared_federation(tmp_path, 
     # an option FedAvg ignores leaves its run unchanged: the grid points share data and weights
     a, b = (runs[f"fedavg d=1 cosine.interval={i} seed=0"] for i in (1, 2))
     assert a["history"] == b["history"] and a["final_accuracy"] == b["final_accuracy"]
+
+
+def test_the_flower_engine_without_flower_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_flower(name, *args, **kw):
+        if name in ("flwr", "ray"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_flower)
+    result = CliRunner().invoke(main, ["bench", "--engine", "flower", "--rounds", "1",
+                                       "--output", str(tmp_path / "out"), "--no-tracking"])
+    assert result.exit_code == 2
+    assert "pip install 'fedprune[flower]'" in result.output
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_workers_without_the_flower_engine_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--workers", "2", "--rounds", "1",
+                                       "--output", str(tmp_path / "out"), "--no-tracking"])
+    assert result.exit_code == 2
+    assert "--workers applies to --engine flower only" in result.output
