@@ -10,7 +10,9 @@ Groups:
 - ``methods``: fedavg, prunefl, feddst, fedtiny, fedrts, fedmef (the recipes, papers' settings);
 - ``no_bae``: fedmef with ``bae.lam=0`` (FedMef without budget-aware extrusion);
 - ``no_sap``: fedmef with ``sap.gamma=0`` (SAP keeps every activation: without SAP);
-- ``nsconv``: ``feddst+nsconv`` (FedDST on FedMef's BatchNorm-free convolutions).
+- ``nsconv``: ``feddst+nsconv`` (FedDST on FedMef's BatchNorm-free convolutions);
+- ``stats_active``: fedmef with ``nsconv.stats=active`` (NSConv standardises over the active
+  weights only, not the authors' choice: an ablation, not a tuning).
 
 Run: ``python benchmarks/ordering.py --output out/ordering`` (5 seeds, densities 0.05, 0.1 and
 0.2, 40 rounds: about 40 minutes on 2 cores with ``--threads 1``). An interrupted run resumes
@@ -30,6 +32,7 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "no_bae": ("fedmef", ("-o", "bae.lam=0")),
     "no_sap": ("fedmef", ("-o", "sap.gamma=0")),
     "nsconv": ("feddst+nsconv", ()),
+    "stats_active": ("fedmef", ("-o", "nsconv.stats=active")),
 }
 
 

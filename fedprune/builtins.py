@@ -38,7 +38,7 @@ def _tinyimagenet(root=None):
 @hookimpl
 def fedprune_datasets():
     return [
-        Component("digits", _digits, "scikit-learn's bundled 8x8 handwritten digits (embedded)"),
+        Component("digits", _digits, "UCI 8x8 handwritten digits, shipped with fedprune"),
         Component("cifar10", _cifar10, "CIFAR-10, python pickled batches, 32x32, 10 classes"),
         Component("cinic10", _cinic10, "CINIC-10, PNG folders, 32x32, 10 classes"),
         Component("tinyimagenet", _tinyimagenet, "TinyImageNet-200, JPEG folders, 64x64"),

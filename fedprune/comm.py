@@ -13,12 +13,13 @@ agree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
 
 from fedprune.formats import format_bytes, storage_bytes
+from fedprune.masks import top_mask
 from fedprune.ops.bits import pack_bits, unpack_bits
 
 __all__ = [
@@ -67,6 +68,19 @@ def payload_bytes(payload: Mapping[str, Tensor]) -> int:
 
 
 # ------------------------------------------------------------------------------------- encoding
+
+
+def encode_top_inactive(
+    scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], counts: Mapping[str, int],
+    names: Iterable[str],
+) -> dict[str, Tensor]:
+    """A top-k upload: per layer of ``names``, the ``counts`` largest scores among the positions
+    ``masks`` leaves inactive (the growth candidates), as `encode_sparse` arrays."""
+    out: dict[str, Tensor] = {}
+    for name in names:
+        top = top_mask(scores[name], ~masks[name], counts[name])
+        out.update(encode_sparse(name, scores[name], top))
+    return out
 
 
 def encode_sparse(

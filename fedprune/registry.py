@@ -175,7 +175,7 @@ def fedprune_strategies():
         _example('''
 @fedprune.hookimpl
 def fedprune_datasets():
-    return [fedprune.Component("digits", load_digits, "scikit-learn's 8x8 digits")]
+    return [fedprune.Component("digits", load_digits, "8x8 handwritten digits")]
 '''),
     ),
     Kind(

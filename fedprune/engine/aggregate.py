@@ -85,3 +85,9 @@ class ScoreSum:
 
     def mean(self) -> dict[str, Tensor]:
         return {n: (s / self.samples).float() for n, s in self.sums.items()} if self.samples else {}
+
+    def take(self) -> dict[str, Tensor]:
+        """The mean, and empty for the next round."""
+        mean = self.mean()
+        self.sums, self.samples = {}, 0
+        return mean

@@ -161,8 +161,7 @@ class FedRTS(fedprune.Strategy):
     ) -> Masks | None:
         masks = server.masks
         assert masks is not None
-        clients = self.outcomes.mean()
-        self.outcomes = ScoreSum()
+        clients = self.outcomes.take()
         if not clients:
             return masks
         adjusting = self.outer_loop(server, plan.round)

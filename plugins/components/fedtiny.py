@@ -329,11 +329,8 @@ class FedTiny(fedprune.Strategy):
         growth.consumed()
         if not self.progressive:
             return ClientResult(payload={n: scores[n] for n in layers})
-        payload: Payload = {}
-        for name in layers:
-            top = M.top_mask(scores[name], ~ctx.masks[name], ctx.counts[name])
-            payload.update(comm.encode_sparse(name, scores[name], top))
-        return ClientResult(payload=payload)
+        return ClientResult(payload=comm.encode_top_inactive(scores, ctx.masks, ctx.counts,
+                                                             layers))
 
     def begin_round(self, server: ServerContext, plan: RoundPlan) -> None:
         self.scores = ScoreSum()
@@ -352,8 +349,7 @@ class FedTiny(fedprune.Strategy):
     ) -> Masks | None:
         masks = server.masks
         assert masks is not None
-        scores = self.scores.mean()
-        self.scores = ScoreSum()
+        scores = self.scores.take()
         pruning = server.parts.need(PruningCriterion)
         regrow = server.parts.settings.regrow_pruned
         new = dict(masks)

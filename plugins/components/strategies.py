@@ -150,11 +150,8 @@ class ServerAdjust(Scheduled):
         growth.consumed()
         if self.upload == "dense":
             return ClientResult(payload={n: scores[n] for n in ctx.masks})
-        payload: Payload = {}
-        for name, mask in ctx.masks.items():
-            top = M.top_mask(scores[name], ~mask, ctx.counts[name])
-            payload.update(comm.encode_sparse(name, scores[name], top))
-        return ClientResult(payload=payload)
+        return ClientResult(payload=comm.encode_top_inactive(scores, ctx.masks, ctx.counts,
+                                                             ctx.masks))
 
     def begin_round(self, server: ServerContext, plan: RoundPlan) -> None:
         self.scores = ScoreSum()
@@ -172,8 +169,7 @@ class ServerAdjust(Scheduled):
     ) -> Masks | None:
         masks = server.masks
         assert masks is not None
-        scores = self.scores.mean()
-        self.scores = ScoreSum()
+        scores = self.scores.take()
         if not plan.adjusting or not scores:
             return masks
         policy = server.parts.one(MaskPolicy)
