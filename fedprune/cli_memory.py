@@ -94,10 +94,12 @@ def memory(**kw: Any) -> None:
             options[key] = values[0]
         settings = {f.name: kw[f.name] for f in config_fields()}
         if kw["input_shape"]:
-            settings["dataset"] = "synthetic"
+            # An even split of random images, so the batch measured is a full --batch-size one
+            # (a label-skewed split over many classes can leave client 0 a few images).
+            settings.update(dataset="synthetic", partition="iid")
             options.update({"synthetic.shape": kw["input_shape"],
                             "synthetic.classes": kw["num_classes"],
-                            "synthetic.size": max(640, 10 * kw["batch_size"])})
+                            "synthetic.size": max(640, kw["clients"] * kw["batch_size"])})
         settings["density"] = float(settings["density"])
         config = RunConfig(**settings, options=options)
         methods = resolve_methods(pm, specs, [config])

@@ -158,3 +158,15 @@ def test_the_layers_a_compressor_leaves_alone_are_named():
     assert "layer1.0.conv1" in row["skipped"]["sap"]
     table = run("--model", "resnet18", "--input-shape", "3,16,16", "--methods", "feddst+sap")
     assert "feddst+sap: sap left" in table.output
+
+
+def test_random_images_of_many_classes_are_measured_on_a_full_batch():
+    """A label-skewed split of 200 classes would leave client 0 a few images: the measured
+    batch is a full --batch-size one whatever the classes."""
+    def activations(classes):
+        result = run("--methods", "feddst", "--num-classes", str(classes), "--batch-size", "64",
+                     "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)[0]["memory"]["activation_bytes"]
+
+    assert activations(200) == pytest.approx(activations(10), rel=0.05)

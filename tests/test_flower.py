@@ -306,8 +306,9 @@ SIM_METHODS = ("fedavg", "feddst", "prunefl+prunefl_adaptive", "fedmef", "feddst
 
 @pytest.mark.slow
 def test_flower_simulation_equals_the_in_process_engine(tmp_path):
-    """Two Ray actors, one SuperNode per client; every kind of strategy (client and server
-    adjustment, a client task in setup, a third-party plugin). Ray runs in its own network
+    """`fedprune bench --engine flower --workers 2`: two Ray actors, one SuperNode per client;
+    every kind of strategy (client and server adjustment, a client task in setup, a
+    third-party plugin). Ray runs in its own network
     namespace, and nothing there listens beyond loopback."""
     if not _namespace_works():
         pytest.skip("needs a private network namespace (unshare -n, as root) to confine Ray")
@@ -316,7 +317,8 @@ def test_flower_simulation_equals_the_in_process_engine(tmp_path):
     script = (f"ip link set lo up && exec timeout 420 {sys.executable} {__file__} simulate "
               f"{out} 2 {','.join(SIM_METHODS)}")
     run = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True,
-                         timeout=480, env={**os.environ, "FEDPRUNE_DISABLE_PLUGIN_AUTOLOAD": "1"})
+                         timeout=480, env={**os.environ, "FEDPRUNE_DISABLE_PLUGIN_AUTOLOAD": "1",
+                                           "FEDPRUNE_PLUGINS": "snip"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     flower = _assert_same(expected, out)
     assert all(e["held"] <= flower["window"] == 2 for r in flower["runs"].values()
@@ -485,8 +487,13 @@ def _listening() -> set[str]:
     return found
 
 
+#: The settings `_plan` changes from their defaults.
+CLI_SETTINGS = ("rounds", "clients", "clients_per_round", "local_steps", "batch_size",
+                "eval_every", "density")
+
+
 def _simulate(out: Path, workers: int, methods: tuple[str, ...]) -> None:
-    from fedprune.flower import simulation
+    from fedprune.cli import main
 
     torch.set_num_threads(1)
     seen: set[str] = set()
@@ -498,8 +505,14 @@ def _simulate(out: Path, workers: int, methods: tuple[str, ...]) -> None:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    (config,) = _plan(methods).grid
+    args = ["bench", "--engine", "flower", "--workers", str(workers), "--threads", "1",
+            "--methods", ",".join(methods), "--output", str(out), "--no-tracking", "--no-report",
+            *(f"--{cli_name(f.name)}={getattr(config, f.name)}" for f in config_fields()
+              if f.name in CLI_SETTINGS),
+            *(a for k, v in config.options.items() for a in ("-o", f"{k}={v}"))]
     try:
-        simulation.run_bench(_plugins(), _plan(methods), out, workers=workers, threads=1)
+        main(args, standalone_mode=False)  # the command line a user runs
     finally:
         done.set()
         watcher.join()
