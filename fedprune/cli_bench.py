@@ -95,6 +95,12 @@ def bench(ctx: click.Context, **kw: Any) -> None:
     resume = kw["resume"]
     output: Path = resume or kw["output"]
     plan = None if resume else _plan(ctx, kw, BenchPlan)
+    engine = run_bench
+    if kw["engine"] == "flower":
+        engine = _flower_engine(kw["workers"], kw["threads"] or 0)
+    elif kw["workers"] != 1:
+        raise click.BadParameter("--workers applies to --engine flower only",
+                                 param_hint="'--workers'")
     pm = plugin_manager()
     pm.register(RichProgress(console), name="progress")
     if not kw["no_tracking"]:
@@ -104,12 +110,6 @@ def bench(ctx: click.Context, **kw: Any) -> None:
                     name="mlflow")
     record = provenance(torch.get_num_threads())
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    engine = run_bench
-    if kw["engine"] == "flower":
-        engine = _flower_engine(kw["workers"], kw["threads"] or 0)
-    elif kw["workers"] != 1:
-        raise click.BadParameter("--workers applies to --engine flower only",
-                                 param_hint="'--workers'")
     try:
         results = engine(pm, plan, output, resume=resume is not None,
                          overwrite=kw["overwrite"], provenance=record,

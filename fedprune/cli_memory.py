@@ -162,8 +162,8 @@ def skipped_layers(run: Any) -> dict[str, dict[str, str]]:
 
     names = run.parts.method.activation_compressors
     built = run.parts.many(ActivationCompressor)
-    return {name: part.skipped() for name, part in zip(names, built, strict=True)
-            if part.skipped()}
+    skipped = {name: part.skipped() for name, part in zip(names, built, strict=True)}
+    return {name: layers for name, layers in skipped.items() if layers}
 
 
 def _print_table(rows: list[dict[str, Any]], kw: dict[str, Any], shape: tuple) -> None:
