@@ -15,7 +15,7 @@ Groups:
   weights only, not the authors' choice: an ablation, not a tuning).
 
 Run: ``python benchmarks/ordering.py --output out/ordering`` (5 seeds, densities 0.05, 0.1 and
-0.2, 40 rounds: about 40 minutes on 2 cores with ``--threads 1``). An interrupted run resumes
+0.2, 40 rounds: about 45 minutes on 2 cores with ``--threads 1``). An interrupted run resumes
 where it stopped (``fedprune bench --resume``); ``--report-only`` rebuilds the report.
 """
 

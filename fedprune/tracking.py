@@ -12,11 +12,14 @@ Default store: SQLite inside the output directory, artifacts beside it. ``--trac
   and figures, and results.json; provenance (versions, commit, command, threads, device) is
   tagged on both; the experiment is tagged as model training, so the MLflow UI opens on its runs.
 
-Tracking never blocks or costs a result: MLflow runs on one background thread, in the order
-the hooks were called (importing MLflow and creating its store take seconds: training starts
-meanwhile), and the bench waits for it only at the end of each run; requests to a server time
-out after a few seconds with at most one retry; any MLflow failure gives one warning (on the
-main thread, at the next hook), switches tracking off for the bench, and the bench goes on.
+Tracking never blocks or costs a result: MLflow runs in a process of its own, which takes the
+hooks' calls in order (importing MLflow and creating its store take seconds of Python: in a
+thread they would hold the bench's interpreter; training starts meanwhile), and the bench waits
+for it only at the end of each run; requests to a server time out after a few seconds with at
+most one retry; any MLflow failure gives one warning (in the bench's main thread, at the next
+hook), switches tracking off for the bench, and the bench goes on. The tracking process ignores
+SIGINT and SIGTERM (the bench records an interrupt and marks the runs KILLED through it) and
+ends when the bench does, or by itself once the bench process is gone.
 A resumed bench continues in the same parent and child runs (found by their tags); interrupted
 runs are marked KILLED.
 """
@@ -25,12 +28,14 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+import queue
+import signal
 import socket
 import tempfile
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -80,6 +85,136 @@ def check_reachable(uri: str, timeout: float = TIMEOUT) -> None:
 
 
 class MLflowTracker:
+    """The lifecycle plugin: forwards each hook, in order, to a `_Session` in a process of its
+    own (`_serve`), so MLflow's import, its store and its requests never hold this process."""
+
+    def __init__(self, tracking_uri: str, output_dir: Path) -> None:
+        self.uri = tracking_uri
+        self.output_dir = output_dir
+        self.failed = False
+        self._proc: Any = None
+        self._inbox: Any = None  # to the session: (method name, args), "sync", or None to stop
+        self._outbox: Any = None  # from the session: ("failed", message) or ("sync", None)
+
+    def _guard(self, action: str, *args: Any) -> None:
+        """Queue the session's ``action`` (after every earlier one)."""
+        self._poll()
+        if self.failed:
+            return
+        if self._proc is None:
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+            self._inbox, self._outbox = context.Queue(), context.Queue()
+            self._proc = context.Process(
+                target=_serve, args=(self.uri, self.output_dir, self._inbox, self._outbox),
+                name="fedprune-mlflow", daemon=True)
+            self._proc.start()
+        self._inbox.put((action, args))
+
+    def _wait(self) -> None:
+        """Wait for every queued call, then say what failed."""
+        if self._proc is None or self.failed:
+            return
+        self._inbox.put(("sync", ()))
+        while True:
+            try:
+                kind, message = self._outbox.get(timeout=1.0)
+            except queue.Empty:
+                if self._proc.is_alive():
+                    continue
+                kind, message = "failed", self._message(
+                    f"the tracking process ended (exit code {self._proc.exitcode})")
+            if kind == "sync":
+                return
+            self._fail(message)
+            if not self._proc.is_alive():
+                return
+
+    def _poll(self) -> None:
+        """Warn about failures reported so far (from this, the main, thread)."""
+        while self._outbox is not None and not self.failed:
+            try:
+                kind, message = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "failed":
+                self._fail(message)
+
+    def _fail(self, message: str) -> None:
+        if not self.failed:
+            self.failed = True
+            warnings.warn(message, TrackingWarning, stacklevel=4)
+
+    def _message(self, what: str) -> str:
+        return (f"MLflow tracking at {self.uri} failed and is off for the rest of this bench "
+                f"({what}); results.json is still written")
+
+    def _stop(self) -> None:
+        if self._proc is None:
+            return
+        self._inbox.put(None)
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc = None
+
+    # --------------------------------------------------------------------------------- hooks
+
+    @hookimpl
+    def fedprune_bench_start(self, bench):
+        self._guard("start_bench", bench)
+
+    @hookimpl
+    def fedprune_run_start(self, run):
+        self._guard("start_run", run)
+
+    @hookimpl
+    def fedprune_round_end(self, run, round, metrics):
+        self._guard("log_round", dict(metrics), round)
+
+    @hookimpl
+    def fedprune_run_end(self, run, result):
+        self._guard("end_run", run, dict(result))
+        self._wait()  # a finished run is tracked before the next one starts
+
+    @hookimpl
+    def fedprune_bench_end(self, bench, results):
+        self._guard("end_bench", list(results))
+        self._wait()
+        self._stop()
+
+
+def _serve(uri: str, output_dir: Path, inbox: Any, outbox: Any) -> None:
+    """The tracking process: run the session's calls in order until told to stop, or until
+    the bench process is gone (killed: nothing will stop us)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the bench decides what they mean (Ctrl-C
+        signal.signal(signum, signal.SIG_IGN)        # and killpg reach the whole group)
+    session, parent, failed = _Session(uri, output_dir), os.getppid(), False
+    while True:
+        try:
+            item = inbox.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
+        if item is None:
+            return
+        action, args = item
+        if action == "sync":
+            outbox.put(("sync", None))
+        elif not failed:
+            try:
+                getattr(session, action)(*args)
+            except Exception as exc:
+                failed = True
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                outbox.put(("failed", (
+                    f"MLflow tracking at {uri} failed and is off for the rest of this bench "
+                    f"({type(exc).__name__}: {first[:300]}); results.json is still written")))
+
+
+class _Session:
+    """MLflow's side: one parent run per bench, a child per run."""
+
     def __init__(self, tracking_uri: str, output_dir: Path) -> None:
         self.uri = tracking_uri
         self.output_dir = output_dir
@@ -88,73 +223,10 @@ class MLflowTracker:
         self.parent_id: str | None = None
         self.child_id: str | None = None
         self.bench_id = ""
-        self.failed = False
-        self._worker: ThreadPoolExecutor | None = None
-        self._pending: list[str] = []  # failures to warn about, from the main thread
-        self._last: Future | None = None
-
-    def _guard(self, action: Any, *args: Any) -> None:
-        """Queue ``action`` for the tracking thread (after every earlier one)."""
-        self._warn()
-        if self.failed:
-            return
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="fedprune-mlflow")
-        self._last = self._worker.submit(self._call, action, *args)
-
-    def _wait(self) -> None:
-        """Wait for every queued call, then say what failed."""
-        if self._last is not None:
-            self._last.result()
-        self._warn()
-
-    def _call(self, action: Any, *args: Any) -> None:
-        if self.failed:
-            return
-        try:
-            action(*args)
-        except Exception as exc:
-            self.failed = True
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self._pending.append(
-                f"MLflow tracking at {self.uri} failed and is off for the rest of this bench "
-                f"({type(exc).__name__}: {first[:300]}); results.json is still written"
-            )
-
-    def _warn(self) -> None:
-        while self._pending:
-            warnings.warn(self._pending.pop(0), TrackingWarning, stacklevel=4)
-
-    # --------------------------------------------------------------------------------- hooks
-
-    @hookimpl
-    def fedprune_bench_start(self, bench):
-        self._guard(self._start_bench, bench)
-
-    @hookimpl
-    def fedprune_run_start(self, run):
-        self._guard(self._start_run, run)
-
-    @hookimpl
-    def fedprune_round_end(self, run, round, metrics):
-        self._guard(self._log_round, dict(metrics), round)
-
-    @hookimpl
-    def fedprune_run_end(self, run, result):
-        self._guard(self._end_run, run, dict(result))
-        self._wait()  # a finished run is tracked before the next one starts
-
-    @hookimpl
-    def fedprune_bench_end(self, bench, results):
-        self._guard(self._end_bench, list(results))
-        self._wait()
-        if self._worker is not None:
-            self._worker.shutdown()
-            self._worker = None
 
     # ---------------------------------------------------------------------------- mlflow calls
 
-    def _start_bench(self, bench) -> None:
+    def start_bench(self, bench) -> None:
         _quiet_and_bounded()
         check_reachable(self.uri)
         from mlflow.tracking import MlflowClient
@@ -192,11 +264,11 @@ class MLflowTracker:
         found = self.client.search_runs([self.experiment_id], query, max_results=1)
         return found[0].info.run_id if found else None
 
-    def _log_round(self, metrics: dict[str, float], round: int) -> None:
+    def log_round(self, metrics: dict[str, float], round: int) -> None:
         if self.child_id:
             self._log_metrics(self.child_id, metrics, round)
 
-    def _start_run(self, run) -> None:
+    def start_run(self, run) -> None:
         self.child_id = self._find({"fedprune.key": run.key}) if run.resumed_from else None
         if self.child_id is not None:
             self.client.update_run(self.child_id, status="RUNNING")
@@ -219,7 +291,7 @@ class MLflowTracker:
         self._log_params(self.child_id, {"method": run.method, "seed": run.seed,
                                          **_params(run.config.record())})
 
-    def _end_run(self, run, result) -> None:
+    def end_run(self, run, result) -> None:
         if not self.child_id:
             return
         final = {k: float(result[k]) for k in SUMMARY if isinstance(result.get(k), (int, float))}
@@ -236,7 +308,7 @@ class MLflowTracker:
         self.client.set_terminated(self.child_id, STATUS.get(result["status"], "FAILED"))
         self.child_id = None
 
-    def _end_bench(self, results) -> None:
+    def end_bench(self, results) -> None:
         if not self.parent_id:
             return
         self._log_metrics(self.parent_id, _group_means(results), None)
