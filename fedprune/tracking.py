@@ -121,8 +121,8 @@ class MLflowTracker:
             except queue.Empty:
                 if self._proc.is_alive():
                     continue
-                kind, message = "failed", self._message(
-                    f"the tracking process ended (exit code {self._proc.exitcode})")
+                kind, message = "failed", _failure(
+                    self.uri, f"the tracking process ended (exit code {self._proc.exitcode})")
             if kind == "sync":
                 return
             self._fail(message)
@@ -143,10 +143,6 @@ class MLflowTracker:
         if not self.failed:
             self.failed = True
             warnings.warn(message, TrackingWarning, stacklevel=4)
-
-    def _message(self, what: str) -> str:
-        return (f"MLflow tracking at {self.uri} failed and is off for the rest of this bench "
-                f"({what}); results.json is still written")
 
     def _stop(self) -> None:
         if self._proc is None:
@@ -207,9 +203,12 @@ def _serve(uri: str, output_dir: Path, inbox: Any, outbox: Any) -> None:
             except Exception as exc:
                 failed = True
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                outbox.put(("failed", (
-                    f"MLflow tracking at {uri} failed and is off for the rest of this bench "
-                    f"({type(exc).__name__}: {first[:300]}); results.json is still written")))
+                outbox.put(("failed", _failure(uri, f"{type(exc).__name__}: {first[:300]}")))
+
+
+def _failure(uri: str, what: str) -> str:
+    return (f"MLflow tracking at {uri} failed and is off for the rest of this bench ({what}); "
+            "results.json is still written")
 
 
 class _Session:
