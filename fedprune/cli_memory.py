@@ -11,6 +11,7 @@ memory column; ``--input-shape`` measures on random images of that shape instead
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -94,19 +95,16 @@ def memory(**kw: Any) -> None:
             options[key] = values[0]
         settings = {f.name: kw[f.name] for f in config_fields()}
         if kw["input_shape"]:
-            # An even split of random images, so the batch measured is a full --batch-size one
-            # (a label-skewed split over many classes can leave client 0 a few images).
-            settings.update(dataset="synthetic", partition="iid")
+            settings["dataset"] = "synthetic"  # a full batch per client on average
             options.update({"synthetic.shape": kw["input_shape"],
                             "synthetic.classes": kw["num_classes"],
                             "synthetic.size": max(640, kw["clients"] * kw["batch_size"])})
         settings["density"] = float(settings["density"])
         config = RunConfig(**settings, options=options)
         methods = resolve_methods(pm, specs, [config])
-        if kw["accounting"] != "measured":
-            config = RunConfig(**settings, options={
+        if kw["accounting"] != "measured":  # the parts' own declared options: valid as given
+            config = dataclasses.replace(config, options={
                 **accounting_options(pm.registry, methods, config, kw["accounting"]), **options})
-            methods = resolve_methods(pm, specs, [config])
     except ValueError:
         raise click.BadParameter(f"{kw['density']!r} is not a number",
                                  param_hint="'--density'") from None
@@ -143,10 +141,9 @@ def accounting_options(registry: Any, methods: list[Any], config: Any, accountin
     out: dict[str, Any] = {}
     for method in methods:
         parts = build_parts(registry, method, config)
-        built: list[ModelTransform | ActivationCompressor] = [
-            *parts.many(ModelTransform), *parts.many(ActivationCompressor)]
-        names = [*method.model_transforms, *method.activation_compressors]
-        for name, part in zip(names, built, strict=True):
+        named: list[tuple[str, ModelTransform | ActivationCompressor]] = [
+            *parts.named(ModelTransform), *parts.named(ActivationCompressor)]
+        for name, part in named:
             overrides = part.accountings.get(accounting, {})
             if overrides is None:
                 raise FedpruneError(
@@ -160,9 +157,7 @@ def skipped_layers(run: Any) -> dict[str, dict[str, str]]:
     """Per compressor of the run, the layers it left alone and why."""
     from fedprune.contracts import ActivationCompressor
 
-    names = run.parts.method.activation_compressors
-    built = run.parts.many(ActivationCompressor)
-    skipped = {name: part.skipped() for name, part in zip(names, built, strict=True)}
+    skipped = {name: part.skipped() for name, part in run.parts.named(ActivationCompressor)}
     return {name: layers for name, layers in skipped.items() if layers}
 
 

@@ -37,6 +37,12 @@ class MethodParts:
         slot = kind_of_contract(contract).slot
         return cast("list[T]", self.parts.get(slot or "", []))
 
+    def named(self, contract: type[T]) -> list[tuple[str, T]]:
+        """`many`, each part with the component name the method gave it (for reports and
+        ``name.option`` keys)."""
+        slot = kind_of_contract(contract).slot or ""
+        return list(zip(self.method.parts.get(slot, ()), self.many(contract), strict=True))
+
     def need(self, contract: type[T]) -> T:
         """The part in ``contract``'s slot, which the method's strategy requires."""
         part = self.one(contract)
