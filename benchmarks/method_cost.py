@@ -2,8 +2,8 @@
 
 Every method is prepared by the bench's own pipeline (`fedprune.engine.prepare`) on one shared
 federation per model (same split, base weights, clients per round) and runs whole rounds of the
-engine (`Simulation.step`: local training of the sampled clients, aggregation, the strategy's
-masks; then evaluation on the test set). Rounds are interleaved: round r of every method, in an
+engine (`Simulation.play`: local training of the sampled clients, aggregation, the strategy's
+masks, evaluation on the test set, metrics). Rounds are interleaved: round r of every method, in an
 order rotated each round, before round r + 1 of any. Time is this process's CPU time
 (``time.process_time``; on a shared machine wall time also counts other processes), one thread.
 
@@ -76,8 +76,7 @@ def measure(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             clients = sim.prepared.sample_clients(round_)
             adjustments = len(sim.adjustments)
             start = time.process_time()
-            sim.step(round_, clients)
-            sim.evaluate(data.test)
+            sim.play(round_, clients)
             seconds[sim.info.method] = time.process_time() - start
             adjusted |= len(sim.adjustments) > adjustments
         for name, elapsed in seconds.items():  # a round any method adjusts in

@@ -1,14 +1,13 @@
 """A whole fedprune round against a bare PyTorch round doing the same work.
 
-fedprune's round is the engine's (`Simulation.step` then `Simulation.evaluate`, FedAvg, tracking
-and observers off): sample the clients, train each from the global state, fold its update into
-the streaming aggregator, set the new state, evaluate on the test set, compute the round's
-metrics (bytes, density, loss). The bare round is the minimum any framework does for that:
-per client, load the global state, plain SGD on the same seeded mini-batches (forward,
-cross-entropy, zero_grad, backward, step), add the weights into a float64 sample-weighted sum
-(integer buffers: the largest); average; evaluate. Both start every repeat from the same global
-state and the same round's clients, so both compute the same new weights (checked: the largest
-difference is printed).
+fedprune's round is the engine's (`Simulation.play`, FedAvg, tracking and observers off): train
+each sampled client from the global state, fold its update into the streaming aggregator, set
+the new state, evaluate on the test set, compute the round's metrics (bytes, density, loss).
+The bare round is the minimum any framework does for that: per client, load the global state,
+plain SGD on the same seeded mini-batches (forward, cross-entropy, zero_grad, backward, step),
+add the weights into a float64 sample-weighted sum (integer buffers: the largest); average;
+evaluate. Both start every repeat from the same global state and the same round's clients, so
+both compute the same new weights (checked: the largest difference is printed).
 
 Rounds are interleaved, who goes first alternates, and time is this process's CPU time
 (``time.process_time``; the machine is noisy, only the ratio means anything).
@@ -77,8 +76,7 @@ def bare_round(run: PreparedRun, state: dict, round_: int, clients: list[int]) -
 
 def fedprune_round(sim: Simulation, state: dict, round_: int, clients: list[int]) -> dict:
     sim.prepared.state = state
-    sim.step(round_, clients)
-    sim.evaluate(sim.prepared.federation.data.test)
+    sim.play(round_, clients)
     return sim.prepared.state
 
 
@@ -91,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     pm = get_plugin_manager()
-    config = RunConfig(model=args.model)
+    config = RunConfig(model=args.model, eval_every=1)  # evaluate every round, as bare does
     federation = make_federation(pm.registry, config, 0, load_digits())
     run = prepare(pm.registry, pm.registry.method("fedavg"), federation)
     sim = Simulation(run)

@@ -60,17 +60,24 @@ class Simulation:
         while self.round < config.rounds:
             self.elapsed = time.perf_counter() - start
             round_ = self.round + 1
-            metrics = self.step(round_, self.prepared.sample_clients(round_))
-            if round_ % config.eval_every == 0 or round_ == config.rounds:
-                accuracy, loss = self.evaluate(self.prepared.federation.data.test)
-                metrics.update(accuracy=accuracy, loss=loss)
-                self.history.append({"round": round_, "accuracy": accuracy, "loss": loss})
-            self.round = round_
-            self.observers.round_end(self.info, round_, metrics)
+            self.play(round_, self.prepared.sample_clients(round_))
             if after_round is not None:
                 self.elapsed = time.perf_counter() - start
                 after_round(self)
         return self.summary(self.earlier_seconds + time.perf_counter() - start)
+
+    def play(self, round_: int, clients: list[int]) -> dict[str, float]:
+        """Round ``round_`` as the run plays it: `step`, the evaluation when it is due, the
+        history and the observers; the round's metrics."""
+        config = self.config
+        metrics = self.step(round_, clients)
+        if round_ % config.eval_every == 0 or round_ == config.rounds:
+            accuracy, loss = self.evaluate(self.prepared.federation.data.test)
+            metrics.update(accuracy=accuracy, loss=loss)
+            self.history.append({"round": round_, "accuracy": accuracy, "loss": loss})
+        self.round = round_
+        self.observers.round_end(self.info, round_, metrics)
+        return metrics
 
     def step(self, round_: int, clients: list[int]) -> dict[str, float]:
         """One round: local training of ``clients``, aggregation, the strategy's new masks."""
