@@ -115,19 +115,17 @@ class MLflowTracker:
         if self._proc is None or self.failed:
             return
         self._inbox.put(("sync", ()))
-        while True:
+        while not self.failed:  # after a failure the session does nothing more
             try:
                 kind, message = self._outbox.get(timeout=1.0)
             except queue.Empty:
-                if self._proc.is_alive():
-                    continue
-                kind, message = "failed", _failure(
-                    self.uri, f"the tracking process ended (exit code {self._proc.exitcode})")
+                if not self._proc.is_alive():
+                    self._fail(_failure(self.uri, "the tracking process ended (exit code "
+                                                  f"{self._proc.exitcode})"))
+                continue
             if kind == "sync":
                 return
             self._fail(message)
-            if not self._proc.is_alive():
-                return
 
     def _poll(self) -> None:
         """Warn about failures reported so far (from this, the main, thread)."""
