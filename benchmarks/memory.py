@@ -83,10 +83,7 @@ def measure_all(args: argparse.Namespace) -> list[dict]:
         for size in args.sizes:
             shape = (3, size, size)
             classes = args.num_classes or (200 if size >= 64 else 10)
-            # An even split: client 0's first batch (the one measured) is a full batch, whatever
-            # the number of classes (a label-skewed split of 200 classes leaves it a few images).
-            config = RunConfig(model=model, batch_size=args.batch_size, partition="iid",
-                               options=options)
+            config = RunConfig(model=model, batch_size=args.batch_size, options=options)
             data = load_synthetic(shape, classes, size=config.clients * args.batch_size)
             shared = make_federation(pm.registry, config, args.seed, data)
             batch = shared.memory_batch()

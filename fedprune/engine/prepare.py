@@ -46,9 +46,13 @@ class Federation:
     base: nn.Module
 
     def memory_batch(self, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
-        """The batch memory is measured on: client 0's first training batch (seeded)."""
+        """The batch memory is measured on: the first training batch (seeded) of the first
+        client that holds a full batch (client 0 but for a small, label-skewed split; the
+        largest client if none does), so the footprint is that of a full batch."""
         size = batch_size or self.config.batch_size
-        index = next(batches(self.clients[0], size, 1, torch_generator(self.seed, "memory-batch")))
+        client = next((c for c in self.clients if len(c) >= size),
+                      max(self.clients, key=len))
+        index = next(batches(client, size, 1, torch_generator(self.seed, "memory-batch")))
         return self.data.train.batch(index, train=True)
 
 
