@@ -487,11 +487,6 @@ def _listening() -> set[str]:
     return found
 
 
-#: The settings `_plan` changes from their defaults.
-CLI_SETTINGS = ("rounds", "clients", "clients_per_round", "local_steps", "batch_size",
-                "eval_every", "density")
-
-
 def _simulate(out: Path, workers: int, methods: tuple[str, ...]) -> None:
     from fedprune.cli import main
 
@@ -509,7 +504,7 @@ def _simulate(out: Path, workers: int, methods: tuple[str, ...]) -> None:
     args = ["bench", "--engine", "flower", "--workers", str(workers), "--threads", "1",
             "--methods", ",".join(methods), "--output", str(out), "--no-tracking", "--no-report",
             *(f"--{cli_name(f.name)}={getattr(config, f.name)}" for f in config_fields()
-              if f.name in CLI_SETTINGS),
+              if getattr(config, f.name) != f.default),  # what `_plan` set
             *(a for k, v in config.options.items() for a in ("-o", f"{k}={v}"))]
     try:
         main(args, standalone_mode=False)  # the command line a user runs
