@@ -60,14 +60,18 @@ def step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def kept_fractions(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """(numel, kept fraction) of every SAP layer's input in one step."""
+    """(numel, kept fraction) of every SAP layer's input x~ in one step (compressed inputs: the
+    encoding the layer saves, through SAP's per-input cache; shared ones: thresholded as their
+    backward does)."""
     records = []
 
     def record(module, args):
-        values, _ = module.sap.encode(args[0])  # cached: the layer saves these very tensors
-        records.append((args[0].numel(), values.numel() / args[0].numel()))
+        codec, x = module.input_codec, args[0]
+        pruned = codec.decode(codec.encode(x), x.shape, x.dtype)
+        records.append((x.numel(), int(pruned.count_nonzero()) / x.numel()))
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if hasattr(m, "sap")]
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+             if isinstance(getattr(m, "input_codec", None), SAP)]
     try:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()

@@ -144,8 +144,10 @@ def test_trainer_skips_unused_machinery(pm, digits):
     assert sim.prepared.parts.one(Regularizer) is None
 
 
-def test_measuring_memory_never_changes_results(pm, digits):
-    plain, measured = simulation(pm, digits, "fedmef"), simulation(pm, digits, "fedmef")
+@pytest.mark.parametrize("method", ["fedmef", "fedrts", "fedtiny", "prunefl+prunefl_adaptive"])
+def test_measuring_memory_never_changes_results(pm, digits, method):
+    """The measurement trains the run's own model for a step and puts everything back."""
+    plain, measured = simulation(pm, digits, method), simulation(pm, digits, method)
     report = measure_memory(measured.prepared, measured.prepared.federation.memory_batch())
     report = report.as_dict()
     assert report["activation_bytes"] > 0 and report["total_bytes"] > report["params_bytes"]

@@ -19,7 +19,7 @@ from fedprune.ops.layers import CodecConv2d, CodecLinear
 from fedprune.testing import check_component, check_method
 from fedprune_plugins import sap as sap_module
 from fedprune_plugins.components.bitact import BitAct
-from fedprune_plugins.components.nsconv import NSConv, NSConv2d
+from fedprune_plugins.components.nsconv import NSConv, NSConv2d, Scaled
 from fedprune_plugins.components.sap import SAP
 
 
@@ -151,7 +151,7 @@ def _relu_maps(batch=64, channels=16, width=32, seed=0):
 
 
 def _kept_fraction(codec: SAP, x: torch.Tensor) -> float:
-    values, _ = codec.encode(x)
+    values, _ = codec.encode(x).tensors
     return values.numel() / x.numel()
 
 
@@ -188,7 +188,7 @@ def test_estimate_covers_the_whole_tensor(ratio):
 def test_exact_threshold_ties_never_exceed_the_target():
     x = _relu_maps(batch=4)  # about half exact zeros
     codec = SAP(gamma=0.3, threshold="exact")
-    values, _ = codec.encode(x)
+    values, _ = codec.encode(x).tensors
     assert values.numel() == int((x != 0).sum())  # only zeros dropped: x~ equals x
     assert torch.equal(codec.decode(codec.encode(x), x.shape, x.dtype), x)
 
@@ -209,6 +209,32 @@ def test_shared_input_is_stored_once():
     (F.conv2d(ref, conv_a.weight, conv_a.bias, padding=1).sum()
      + F.conv2d(ref, conv_b.weight, conv_b.bias, stride=2).sum()).backward()
     assert torch.allclose(x.grad, ref.grad)
+
+
+@pytest.mark.parametrize("activation", [
+    nn.ReLU(inplace=True), nn.ReLU6(inplace=True), nn.ReLU6(),
+    Scaled(nn.ReLU6(inplace=True), 1.7128), Scaled(nn.ReLU(inplace=True), 1.7139),
+], ids=["relu_", "relu6_", "relu6", "scaled-relu6_", "scaled-relu_"])
+def test_an_input_the_activation_keeps_costs_nothing_and_prunes_the_same(activation):
+    """The layer saves what the activation keeps anyway (its output, or the input it is an exact
+    function of), rebuilds x from it in backward and prunes x exactly as a compressed save."""
+    torch.manual_seed(2)
+    pre, plain = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 5, 3, padding=1)
+    conv = _sap_conv(plain, gamma=0.7, threshold="exact")
+    x = torch.randn(2, 3, 8, 8)
+    with SavedTensorMeter(exclude=pre) as alone:
+        activation(pre(x))
+    with SavedTensorMeter(exclude=nn.ModuleList([pre, conv])) as both:
+        h = activation(pre(x))
+        out = conv(h)
+    assert both.bytes == alone.bytes > 0  # not one byte for the conv's input
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    (out * weights).sum().backward()
+    x_hat = h.detach()
+    pruned = F.hardshrink(x_hat, float(x_hat.abs().flatten().kthvalue(int(0.7 * h.numel()))[0]))
+    _, _, ref = _run(copy.deepcopy(plain), pruned, weights)
+    for name, param in conv.named_parameters():
+        assert torch.allclose(param.grad, ref[name], rtol=1e-5, atol=1e-6), name
 
 
 def test_in_place_change_invalidates_the_cache():
@@ -266,7 +292,7 @@ def test_fused_saves_nothing_weight_sized():
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
     with SavedTensorMeter(exclude=layer) as meter:
         layer(x)
-    values, packed = layer.input_codec.encode(x)
+    values, packed = layer.input_codec.encode(x).tensors
     stats = 4 * 32 * 4  # per-channel statistics of the weight
     assert meter.bytes == values.nbytes + packed.nbytes + layer.weight_mask.nbytes + stats
 
@@ -374,3 +400,33 @@ def test_model_copies_and_pickles_without_the_cache():
         assert clone[0].input_codec is clone[3].conv1.input_codec is not codec
         assert not clone[0].input_codec._cache
         clone(x).sum().backward()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.integers(1, 4096).flatmap(
+        lambda sample: st.tuples(st.integers(sample, sample * (2**31 - 1)), st.just(sample))),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_sample_positions_are_one_per_span_in_range(sizes, seed):
+    """Exact integer positions: one in each of ``sample`` equal spans of range(n),
+    so the sample never collapses onto fewer positions (float32 arithmetic did above 2**24)."""
+    from fedprune_plugins.components.sap import sample_positions
+
+    n, sample = sizes  # spans below 2**31, the documented range (2**49 entries by default)
+    positions = sample_positions(n, sample, seed)
+    bounds = [i * n // sample for i in range(sample + 1)]
+    assert positions.dtype == torch.int64 and len(positions) == sample
+    assert all(bounds[i] <= int(p) < bounds[i + 1] for i, p in enumerate(positions))
+
+
+def test_sample_positions_stay_unbiased_on_tensors_of_2_25_entries_and_more():
+    """The case that broke: on 2**25+ entries, a sample that lands mostly on even positions
+    keeps the wrong fraction of a parity-structured input."""
+    from fedprune_plugins.components.sap import sample_positions
+
+    for n in (2**25, 2**25 + 3, 3 * 2**26 + 1):
+        positions = sample_positions(n, 262_144, seed=7)
+        assert positions.unique().numel() == 262_144
+        odd = float((positions % 2).double().mean())
+        assert abs(odd - 0.5) < 0.01, (n, odd)

@@ -234,11 +234,11 @@ def prepare(
 def measure_memory(run: PreparedRun, batch: tuple[Tensor, Tensor]) -> MemoryReport:
     """One training step of the run's client model as it will train (current masks bound).
 
-    Runs on a copy of the model under a forked RNG, so the run's model, its components' state
-    and torch's global generator are untouched: measuring never changes a result.
+    Runs on the run's model itself (`measure_training_step` restores its parameters, buffers,
+    gradients and mode; a copy would cost more than the step on a small model) under a forked
+    RNG, so torch's global generator is untouched too: measuring never changes a result.
     """
-    model = copy.deepcopy(run.model)
-    bind_masks(model, run.masks)
+    model = run.model
     device = torch.device(run.config.device)
     x, y = batch
     devices = [device] if device.type == "cuda" else []

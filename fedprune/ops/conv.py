@@ -10,8 +10,7 @@ rather than ``torch.amp.custom_fwd``, whose decorator is bound to one device typ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple, Protocol, overload
+from typing import Any, NamedTuple, Protocol, overload
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ __all__ = [
     "EPS",
     "STATS",
     "ConvSpec",
+    "Encoded",
     "InputCodec",
     "conv2d_function",
     "conv_input_padding",
@@ -167,12 +167,21 @@ class ConvSpec(NamedTuple):
     eps: float = EPS
 
 
+class Encoded(NamedTuple):
+    """What a codec keeps of an input: ``tensors`` go to ``save_for_backward`` (their bytes are
+    the cost), ``context`` (anything else decode needs, e.g. how to rebuild the input from a
+    tensor another op keeps) stays on the autograd context."""
+
+    tensors: tuple[Tensor, ...]
+    context: Any = None
+
+
 class InputCodec(Protocol):
     """What the fused functions need from a compressor of their input (SAP implements it)."""
 
-    def encode(self, x: Tensor) -> tuple[Tensor, ...]: ...
+    def encode(self, x: Tensor) -> Encoded: ...
 
-    def decode(self, saved: Sequence[Tensor], shape: torch.Size, dtype: torch.dtype) -> Tensor: ...
+    def decode(self, saved: Encoded, shape: torch.Size, dtype: torch.dtype) -> Tensor: ...
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -210,10 +219,10 @@ class _Conv2dFunction(torch.autograd.Function):
             out = F.conv2d(_cast(x, dtype), _cast(w, dtype), _cast(bias, dtype), spec.stride,
                            spec.padding, spec.dilation, spec.groups)
         del w
-        saved = (x,) if codec is None else tuple(codec.encode(x))
-        ctx.save_for_backward(weight, gain, mask, *(st or (None,) * 4), *saved)
-        ctx.spec, ctx.codec, ctx.x_shape, ctx.x_dtype, ctx.dtype = (
-            spec, codec, x.shape, x.dtype, dtype)
+        saved = Encoded((x,)) if codec is None else codec.encode(x)
+        ctx.save_for_backward(weight, gain, mask, *(st or (None,) * 4), *saved.tensors)
+        ctx.spec, ctx.codec, ctx.context, ctx.x_shape, ctx.x_dtype, ctx.dtype = (
+            spec, codec, saved.context, x.shape, x.dtype, dtype)
         return out
 
     @staticmethod
@@ -234,7 +243,7 @@ class _Conv2dFunction(torch.autograd.Function):
         elif codec is None:
             x = saved[0]
         else:
-            x = codec.decode(saved, ctx.x_shape, ctx.x_dtype)
+            x = codec.decode(Encoded(tuple(saved), ctx.context), ctx.x_shape, ctx.x_dtype)
         grad_x, grad_eff, grad_bias = torch.ops.aten.convolution_backward(
             _cast(grad_out, dtype), _cast(x, dtype), _cast(w, dtype),
             [w.shape[0]] if need_bias else None,
@@ -287,8 +296,10 @@ class _LinearFunction(torch.autograd.Function):
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             out = F.linear(_cast(x, dtype), _cast(weight, dtype), _cast(bias, dtype))
-        ctx.save_for_backward(weight, *codec.encode(x))
-        ctx.codec, ctx.x_shape, ctx.x_dtype, ctx.dtype = codec, x.shape, x.dtype, dtype
+        saved = codec.encode(x)
+        ctx.save_for_backward(weight, *saved.tensors)
+        ctx.codec, ctx.context, ctx.x_shape, ctx.x_dtype, ctx.dtype = (
+            codec, saved.context, x.shape, x.dtype, dtype)
         return out
 
     @staticmethod
@@ -301,7 +312,8 @@ class _LinearFunction(torch.autograd.Function):
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
         grad_w = grad_bias = None
         if need_w:
-            x = _cast(ctx.codec.decode(saved, ctx.x_shape, ctx.x_dtype), ctx.dtype)
+            encoded = Encoded(tuple(saved), ctx.context)
+            x = _cast(ctx.codec.decode(encoded, ctx.x_shape, ctx.x_dtype), ctx.dtype)
             grad_w = _cast(grad_2d.t().mm(x.reshape(-1, x.shape[-1])), weight.dtype)
         if need_bias:
             grad_bias = _cast(grad_2d.sum(0), weight.dtype)

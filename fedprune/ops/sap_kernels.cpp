@@ -10,6 +10,7 @@
 //                                  hardshrink keeps it); values in entry order; packed is the
 //                                  keep-mask in fedprune.ops.bits' planar layout
 //   fedprune_sap::decode(v, p, n)  x~: the kept values at their entries, 0 elsewhere
+//   fedprune_sap::shrink_(x, t)    x~ in place: hardshrink(x, t) written into x
 //
 // Planar layout: with m = ceil(n / 8), bit i of byte j is entry i * m + j. Entries are processed
 // 8 at a time; the 8 bits of entries i*m + j .. i*m + j + 7 sit at bit i of bytes j .. j + 7.
@@ -329,6 +330,16 @@ at::Tensor sap_decode(const at::Tensor& values, const at::Tensor& packed, int64_
   return out;
 }
 
+at::Tensor sap_shrink_(at::Tensor x, double threshold) {
+  check_float(x, "shrink_");
+  const float t = static_cast<float>(threshold);
+  float* px = x.data_ptr<float>();
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) px[i] = keep(px[i], t) ? px[i] : 0.0f;
+  });
+  return x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fedprune_sap, m) {
@@ -336,4 +347,5 @@ TORCH_LIBRARY(fedprune_sap, m) {
   m.def("sample_kth(Tensor x, int sample, int seed, int k) -> float", &sap_sample_kth);
   m.def("encode(Tensor x, float t) -> (Tensor, Tensor)", &sap_encode);
   m.def("decode(Tensor values, Tensor packed, int n) -> Tensor", &sap_decode);
+  m.def("shrink_(Tensor(a!) x, float t) -> Tensor(a!)", &sap_shrink_);
 }

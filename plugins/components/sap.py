@@ -6,9 +6,10 @@ elsewhere, with t the gamma-quantile of |x| over the whole input tensor. Backwar
 computes the weight gradient from it and the input gradient exactly (it needs only the weight).
 
 Never more memory than the plain layer. Where the op that produced x keeps x itself for its own
-backward (torch's ReLU keeps its output), a compressed copy would come on top of that full one.
-There the layer saves x (the same storage: no extra byte) and backward rebuilds
-x~ = hardshrink(x, t). Elsewhere x is compressed:
+backward (torch's ReLU keeps its output), or keeps a tensor s that x is an exact function of
+(ReLU6 keeps its input: x = clamp(s, 0, 6)), a compressed copy would come on top of that full one.
+There the layer saves x or s (the same storage: no extra byte) and backward rebuilds x, then
+x~ = hardshrink(x, t) (`fedprune.ops.graph.source_of`). Elsewhere x is compressed:
 
 - ``storage="mask"`` (default): the kept values plus a 1-bit keep-mask packed 8 per byte,
   (1 - gamma) + 1/32 of the dense float32 tensor.
@@ -44,7 +45,6 @@ import copy
 import functools
 import math
 import weakref
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ import fedprune
 from fedprune.errors import FedpruneError
 from fedprune.ops import native
 from fedprune.ops.bits import pack_bits, unpack_bits
-from fedprune.ops.graph import kept_by_producer
+from fedprune.ops.conv import Encoded
+from fedprune.ops.graph import source_of
 from fedprune.ops.layers import CodecConv2d, CodecLinear
 from fedprune.options import as_bool, as_number
 
@@ -83,8 +84,8 @@ _M32 = 0xFFFFFFFF
 
 def sample_positions(n: int, sample: int, seed: int) -> Tensor:
     """Position i of the sample: in the i-th of ``sample`` equal spans of range(n), at an offset
-    from a 32-bit hash of (i, ``seed``). Integer arithmetic, exact while n * sample < 2**63;
-    the native kernels compute the same positions."""
+    from a 32-bit hash of (i, ``seed``). Integer arithmetic, exact while a span (n / sample)
+    is below 2**31; the native kernels compute the same positions."""
     i = torch.arange(sample, dtype=torch.int64)
     h = (i * 0x9E3779B1 + seed).bitwise_and_(_M32)
     for _ in range(2):
@@ -146,7 +147,7 @@ class SAP(fedprune.ActivationCompressor):
         self.sample = int(as_number(sample, "sap.sample", integer=True))
         if not 1 <= self.sample < 2**24:
             raise FedpruneError(f"sap.sample must lie in [1, 2**24), not {sample!r}")
-        self._cache: dict[int, tuple[weakref.ref, int, tuple[Tensor, ...]]] = {}
+        self._cache: dict[int, tuple[weakref.ref, int, Encoded]] = {}
         self._left_alone: dict[str, str] = {}
         self._model: weakref.ref | None = None
         self._example: Tensor | None = None
@@ -239,17 +240,23 @@ class SAP(fedprune.ActivationCompressor):
         index = sample_positions(n, self.sample, seed).to(flat.device)
         return float(flat.index_select(0, index).abs_().kthvalue(k).values)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, ...]:
-        """What backward needs to rebuild x~: ``(x,)`` where x is kept anyway (or nothing is
-        dropped and values stay float32), else the kept values and their mask or indices. The
-        same tensors for the same live, unchanged input."""
-        producer = kept_by_producer(x)
-        if self._record is not None and producer is not None:
-            self._record[self._layer] = (
-                f"input kept in full by {type(producer).__name__}: saved as is (0 extra bytes), "
-                "x~ rebuilt in backward")
-        if producer is not None or (int(self.gamma * x.numel()) <= 0 and self.values == "float32"):
-            return (x,)
+    def encode(self, x: Tensor) -> Encoded:
+        """What backward needs to rebuild x~. Where the op that made x keeps x, or a tensor s
+        with x = f(s) (ReLU6 keeps its input), for its own backward: s, with f as context
+        (0 extra bytes). Where nothing is dropped and values stay float32: x. Else the kept
+        values and their mask or indices, the same tensors for the same live, unchanged
+        input."""
+        source = source_of(x)
+        if source is not None:
+            node, kept, rebuild = source
+            if self._record is not None:
+                how = "saved as is" if kept is x else "x rebuilt from the input it keeps"
+                self._record[self._layer] = (
+                    f"input kept in full by {type(node).__name__}: {how} (0 extra bytes), "
+                    "x~ rebuilt in backward")
+            return Encoded((kept,), rebuild)
+        if int(self.gamma * x.numel()) <= 0 and self.values == "float32":
+            return Encoded((x,))
         key = id(x)
         hit = self._cache.get(key)
         if hit is not None and hit[0]() is x and hit[1] == x._version:
@@ -266,18 +273,26 @@ class SAP(fedprune.ActivationCompressor):
             where = pack_bits(keep) if self.storage == "mask" else (
                 keep.nonzero().view(-1).to(torch.int32))
         dtype = VALUES[self.values]
-        saved = (values if dtype is None else values.to(dtype), where)
+        saved = Encoded((values if dtype is None else values.to(dtype), where))
         ref = weakref.ref(x, functools.partial(_evict, self._cache, key))
         self._cache[key] = (ref, x._version, saved)
         return saved
 
-    def decode(self, saved: Sequence[Tensor], shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    def decode(self, saved: Encoded, shape: torch.Size, dtype: torch.dtype) -> Tensor:
         """x~: the kept entries of x at their positions, zero elsewhere."""
-        if len(saved) == 1:  # x itself: threshold it now
-            (x,) = saved
+        if len(saved.tensors) == 1:  # x, or what x is rebuilt from: threshold it now
+            kept = saved.tensors[0].detach()
+            x = kept if saved.context is None else saved.context(kept)
             t = self.threshold(x)
-            return x.detach() if t is None else F.hardshrink(x.detach(), t)
-        values, where = saved
+            if t is None:
+                return x
+            if x is kept:  # shared with another node: never written
+                return F.hardshrink(x, t)
+            kernels = _kernels(x)  # x is this backward's own: pruned in place
+            if kernels is not None and x.is_contiguous():
+                return kernels.shrink_(x, t)
+            return x.masked_fill_(torch.le(x.abs(), t), 0)  # NaN kept, as by hardshrink
+        values, where = saved.tensors
         n = math.prod(shape)
         if self.storage == "indices":
             out = values.new_zeros(n, dtype=dtype)
