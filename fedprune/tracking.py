@@ -241,8 +241,11 @@ class _Session:
             )
         else:
             self.experiment_id = exp.experiment_id
+        # fedprune.method too, so grouping the runs by method shows the parent as its own
+        # group, not as MLflow's "Unassigned"
         tags = {"fedprune.kind": "bench", "fedprune.bench_id": bench.id,
-                "fedprune.methods": ",".join(bench.methods), **_provenance_tags(bench.provenance)}
+                "fedprune.method": "(bench)", "fedprune.methods": ",".join(bench.methods),
+                **_provenance_tags(bench.provenance)}
         self.parent_id = self._find({"fedprune.kind": "bench"}) if bench.resumed else None
         if self.parent_id is None:
             run = self.client.create_run(self.experiment_id, run_name="bench " + ",".join(

@@ -184,3 +184,23 @@ def test_workers_without_the_flower_engine_is_a_usage_error(tmp_path):
                                        "--output", str(tmp_path / "out"), "--no-tracking"])
     assert result.exit_code == 2
     assert "--workers applies to --engine flower only" in result.output
+
+
+def test_help_imports_neither_torch_nor_mlflow():
+    """`--help` of every command answers in the time of click, not of torch (about 2 s) or MLflow:
+    commands load lazily and their options are declared without the engine."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from fedprune.cli import main\n"
+        "for name in [None, *main.list_commands(None)]:\n"
+        "    result = CliRunner().invoke(main, [name, '--help'] if name else ['--help'])\n"
+        "    assert result.exit_code == 0, (name, result.output)\n"
+        "heavy = {'torch', 'torchvision', 'mlflow', 'pandas', 'matplotlib'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

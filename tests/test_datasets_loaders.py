@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from dataset_fixtures import make_cifar10, make_cinic10, make_tinyimagenet
 
@@ -10,6 +11,7 @@ from fedprune.data.catalog import CIFAR10, CINIC10, TINYIMAGENET
 from fedprune.data.cifar10 import load_cifar10
 from fedprune.data.cinic10 import load_cinic10
 from fedprune.data.tinyimagenet import load_tinyimagenet
+from fedprune.errors import FedpruneError
 
 
 def _check(splits, fx, info, num_classes):
@@ -58,6 +60,11 @@ def test_cinic10_valid_is_left_out_by_default_and_can_join_training(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(merged.test.images), fx.images["test"]
     )
+    # from -o cinic10.include_valid=...: strings parse strictly, "False" is false
+    assert len(load_cinic10(tmp_path, include_valid="False").train) == len(fx.labels["train"])
+    assert len(load_cinic10(tmp_path, include_valid="yes").train) == len(merged.train)
+    with pytest.raises(FedpruneError, match="cinic10.include_valid"):
+        load_cinic10(tmp_path, include_valid="maybe")
 
 
 def test_tinyimagenet_uses_sorted_wnids_and_val_as_test(tmp_path):

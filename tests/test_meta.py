@@ -121,3 +121,28 @@ def test_the_tutorial_shows_every_file_of_the_example_package():
     }
     assert files, "examples/fedprune-snip has no files"
     assert files <= shown, f"the tutorial does not show {sorted(files - shown)}"
+
+
+def test_the_distribution_ships_every_package_and_data_file():
+    """A wheel holds what pyproject.toml lists, not what the source tree has: a package or data
+    file missing from the list works in a checkout and is absent once installed."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {dist: ROOT / path for dist, path in setup["package-dir"].items()}
+    shipped = set()
+    for package in setup["packages"]:
+        top, _, rest = package.partition(".")
+        folder = roots[top].joinpath(*rest.split(".")) if rest else roots[top]
+        assert (folder / "__init__.py").is_file(), package
+        shipped |= {f for f in folder.glob("*.py")}
+        for pattern in setup["package-data"].get(package, []):
+            shipped |= set(folder.glob(pattern))
+    files = {
+        f for root in roots.values() for f in root.rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts
+    }
+    assert sorted(str(f.relative_to(ROOT)) for f in files - shipped) == []

@@ -30,6 +30,7 @@ def check_runs(uri: str, methods: list[str], rounds: int) -> None:
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.params["methods"] == ",".join(methods)
+    assert parent.data.tags["fedprune.method"] == "(bench)"  # a group of its own, by method
     assert sorted(c.data.tags["fedprune.method"] for c in children) == sorted(methods)
     exp = client.get_experiment_by_name("fedprune")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the training view

@@ -25,12 +25,15 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from fedprune.data.base import ArrayDataset, DatasetSplits
 from fedprune.errors import DataError
+
+if TYPE_CHECKING:
+    from fedprune.data.base import DatasetSplits
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +327,8 @@ def cached_splits(info, folder: Path, splits: dict[str, SplitSource]) -> Dataset
     Training images get the dataset's standard augmentation (random crop with
     ``info.augment_pad`` padding, horizontal flip); both splits use its channel statistics.
     """
+    from fedprune.data.base import ArrayDataset, DatasetSplits  # torch: not for `fedprune data`
+
     cache = DecodeCache(cache_dir(folder.parent), info.name)
     x_train, y_train = cache.get(folder, splits["train"])
     x_test, y_test = cache.get(folder, splits["test"])

@@ -21,6 +21,7 @@ from fedprune.data.base import DatasetSplits
 from fedprune.data.cache import SplitSource, cached_splits, decode_images, list_files
 from fedprune.data.catalog import CINIC10, locate
 from fedprune.errors import DataError
+from fedprune.options import as_bool
 
 CLASSES = (
     "airplane",
@@ -92,5 +93,5 @@ def load_cinic10(
     ``~/.cache/fedprune/data``). Training images get random crops with 4-pixel padding and
     horizontal flips; both splits are normalised with CINIC-10's channel statistics.
     """
-    folder, splits = sources(root, include_valid)
+    folder, splits = sources(root, as_bool(include_valid, "cinic10.include_valid"))
     return cached_splits(CINIC10, folder, splits)
