@@ -3,6 +3,8 @@ threshold (exact and sampled), the encoding, the decoding and the in-place pruni
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,8 +13,14 @@ from hypothesis import strategies as st
 from fedprune.ops import native
 from fedprune_plugins.components.sap import KERNELS, SAP
 
-pytestmark = pytest.mark.skipif(not native.load(*KERNELS),
-                                reason="SAP's native kernels do not build here")
+# Nothing to compare where the kernels cannot be built (no C++ compiler or ninja, or
+# FEDPRUNE_NATIVE=0); SAP then runs its pure-torch path, which tests/test_sap.py covers. The test
+# extra installs ninja, so under CI a failed build fails these tests instead of skipping them.
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CI") and not native.load(*KERNELS),
+    reason="SAP's native kernels cannot be built here (a C++ compiler and ninja are needed, "
+           "and FEDPRUNE_NATIVE must not be 0): only the pure-torch path runs",
+)
 
 SPECIALS = [0.0, -0.0, 1.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e-40]
 
