@@ -74,19 +74,19 @@ def _constant_factor(node: Any) -> float | None:
     return float(other) if isinstance(other, Tensor) and other.dim() == 0 else None
 
 
-def source_of(x: Tensor) -> tuple[Any, Tensor, Callable[[Tensor], Tensor]] | None:
+def source_of(x: Tensor) -> tuple[Any, Tensor, Callable[[Tensor], Tensor] | None] | None:
     """``(node, s, f)`` with ``x == f(s)`` bit for bit, where s is a tensor an autograd node
     behind ``x`` keeps for its own backward anyway; None when there is no such copy. Saving s
     instead of x costs no byte.
 
-    s is x itself (f the identity) when the node that made x kept its output; else the node is
+    s is x itself (f None) when the node that made x kept its output; else the node is
     reached through multiplications by constants and kept its output (ReLU) or an input its
     output is an exact function of (ReLU6). The rebuild assumes x was not changed in place,
     outside autograd, after it was made.
     """
     producer = kept_by_producer(x)
     if producer is not None:
-        return producer, x, _identity
+        return producer, x, None
     if x._base is not None:
         return None
     node: Any = x.grad_fn

@@ -250,7 +250,7 @@ class SAP(fedprune.ActivationCompressor):
         if source is not None:
             node, kept, rebuild = source
             if self._record is not None:
-                how = "saved as is" if kept is x else "x rebuilt from the input it keeps"
+                how = "saved as is" if rebuild is None else "x rebuilt from the input it keeps"
                 self._record[self._layer] = (
                     f"input kept in full by {type(node).__name__}: {how} (0 extra bytes), "
                     "x~ rebuilt in backward")
@@ -281,12 +281,12 @@ class SAP(fedprune.ActivationCompressor):
     def decode(self, saved: Encoded, shape: torch.Size, dtype: torch.dtype) -> Tensor:
         """x~: the kept entries of x at their positions, zero elsewhere."""
         if len(saved.tensors) == 1:  # x, or what x is rebuilt from: threshold it now
-            kept = saved.tensors[0].detach()
-            x = kept if saved.context is None else saved.context(kept)
+            kept, rebuild = saved.tensors[0].detach(), saved.context
+            x = kept if rebuild is None else rebuild(kept)
             t = self.threshold(x)
             if t is None:
                 return x
-            if x is kept:  # shared with another node: never written
+            if rebuild is None:  # x itself, shared with another node: never written
                 return F.hardshrink(x, t)
             kernels = _kernels(x)  # x is this backward's own: pruned in place
             if kernels is not None and x.is_contiguous():
